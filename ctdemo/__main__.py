@@ -1,0 +1,5 @@
+import sys
+
+from ctdemo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""Unpack zip archives without trusting them.
+
+Every entry is checked before anything is written: no absolute paths, no `..`, no symbolic
+links, no nested archives unpacked, caps on the number of files and on the total unpacked
+size (declared sizes are checked first, then the bytes actually written, so a lying header
+cannot get past the cap).
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+class ArchiveError(ValueError):
+    """An archive we will not unpack; the message is written for a person."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_files: int = 20_000
+    max_total_bytes: int = 2 * 1024**3
+    max_file_bytes: int = 64 * 1024**2
+
+
+def _safe_member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ArchiveError(f"The archive holds an absolute path ({name!r}); refusing to unpack it.")
+    if ".." in path.parts:
+        raise ArchiveError(f"The archive holds a path that escapes its folder ({name!r}).")
+    return path
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def safe_extract(
+    archive: Path | str, target: Path | str, limits: ArchiveLimits = ArchiveLimits()
+) -> int:
+    """Unpack `archive` into `target` (created); returns the number of files written."""
+    target = Path(target)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [info for info in bundle.infolist() if not info.is_dir()]
+            _check_members(members, limits)
+            target.mkdir(parents=True, exist_ok=True)
+            written_total = 0
+            for info in members:
+                destination = target.joinpath(*_safe_member_path(info.filename).parts)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                written_total += _copy_bounded(bundle, info, destination, limits, written_total)
+            return len(members)
+    except zipfile.BadZipFile:
+        raise ArchiveError("This file is not a zip archive, or it is damaged.") from None
+    except (zipfile.LargeZipFile, NotImplementedError, RuntimeError) as error:
+        raise ArchiveError(f"The archive cannot be unpacked ({error}).") from None
+
+
+def _check_members(members: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+    if not members:
+        raise ArchiveError("The archive is empty.")
+    if len(members) > limits.max_files:
+        raise ArchiveError(
+            f"The archive holds {len(members):,} files; at most {limits.max_files:,} are accepted."
+        )
+    declared = 0
+    for info in members:
+        _safe_member_path(info.filename)
+        if _is_symlink(info):
+            raise ArchiveError(f"The archive holds a symbolic link ({info.filename!r}).")
+        if info.file_size > limits.max_file_bytes:
+            raise ArchiveError(
+                f"{info.filename} unpacks to {info.file_size / 2**20:.0f} MB; "
+                f"files over {limits.max_file_bytes // 2**20} MB are refused."
+            )
+        declared += info.file_size
+    if declared > limits.max_total_bytes:
+        raise ArchiveError(
+            f"The archive unpacks to {declared / 2**30:.1f} GB; "
+            f"at most {limits.max_total_bytes / 2**30:.1f} GB is accepted."
+        )
+
+
+def _copy_bounded(
+    bundle: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    destination: Path,
+    limits: ArchiveLimits,
+    written_before: int,
+) -> int:
+    """Copy one member, counting real bytes: a header that under-declares is caught here."""
+    written = 0
+    with bundle.open(info) as source, open(destination, "wb") as sink:
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            if written > limits.max_file_bytes or written_before + written > limits.max_total_bytes:
+                raise ArchiveError(
+                    "The archive expands far beyond its declared size (a zip bomb?)."
+                )
+            sink.write(chunk)
+    return written
+
+
+def find_dataset_root(folder: Path) -> Path:
+    """The folder inside an unpacked archive that holds the class folders (or train/ and
+    test/): the archive's top level, or the single folder that wraps everything."""
+    current = folder
+    for _ in range(5):
+        children = [c for c in current.iterdir() if not c.name.startswith((".", "__MACOSX"))]
+        directories = [c for c in children if c.is_dir()]
+        if len(directories) == 1 and len(children) == 1:
+            current = directories[0]
+            continue
+        return current
+    return current
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

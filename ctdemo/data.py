@@ -1,0 +1,317 @@
+"""Image-folder datasets: find them, decode them once, cache the arrays on disk.
+
+Layout: one sub-folder per class (any number of classes, at least two), image files inside
+(nested folders are fine). Files that are not images are skipped and counted; so are images
+that fail to decode, each with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctdemo import paths
+from ctdemo.imaging import IMAGE_EXTENSIONS, SliceError, decode_slice, to_model_input
+
+CACHE_FORMAT = 1
+"""Bump when preprocessing changes, so old caches are not reused."""
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is written for a person."""
+
+
+@dataclass
+class ImageFolder:
+    """The files of an image-folder dataset, before decoding."""
+
+    root: Path
+    class_names: list[str]
+    files: list[Path]
+    labels: np.ndarray  # int, index into class_names
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def class_counts(self) -> dict[str, int]:
+        return {
+            name: int(np.sum(self.labels == index)) for index, name in enumerate(self.class_names)
+        }
+
+
+@dataclass
+class ArrayDataset:
+    """Decoded, resized slices ready for a model."""
+
+    x: np.ndarray  # float32 (n, size, size, 1) in [0, 1]
+    y: np.ndarray  # int32 (n,)
+    class_names: list[str]
+    files: list[str]  # relative to the dataset root, in the order of x
+    skipped: list[tuple[str, str]]
+    fingerprint: str
+    dicom_groups: dict[str, str] = field(default_factory=dict)  # relative file -> patient/study
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> ArrayDataset:
+        indices = np.asarray(indices, dtype=int)
+        kept = [self.files[i] for i in indices]
+        return ArrayDataset(
+            x=self.x[indices],
+            y=self.y[indices],
+            class_names=self.class_names,
+            files=kept,
+            skipped=self.skipped,
+            fingerprint=self.fingerprint,
+            dicom_groups={f: self.dicom_groups[f] for f in kept if f in self.dicom_groups},
+        )
+
+
+def _is_visible(path: Path) -> bool:
+    return not any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+
+
+def scan_image_folder(root: Path | str) -> ImageFolder:
+    """List an image-folder dataset: classes are the sorted names of root's sub-folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"No dataset folder at {root}.")
+    class_dirs = sorted(
+        (entry for entry in root.iterdir() if entry.is_dir() and _is_visible(Path(entry.name))),
+        key=lambda entry: entry.name,
+    )
+    files: list[Path] = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for index, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.rglob("*")):
+            relative = path.relative_to(root)
+            if not path.is_file() or not _is_visible(relative):
+                continue
+            if path.is_symlink():
+                skipped.append((relative.as_posix(), "symbolic link"))
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((relative.as_posix(), "not an image file"))
+            else:
+                files.append(path)
+                labels.append(index)
+    folder = ImageFolder(root, [d.name for d in class_dirs], files, np.array(labels), skipped)
+    _check_classes(folder)
+    return folder
+
+
+def _check_classes(folder: ImageFolder) -> None:
+    if len(folder.class_names) < 2:
+        found = folder.class_names[0] if folder.class_names else "none"
+        raise DatasetError(
+            f"A dataset needs at least two class folders (one per class) in {folder.root}; "
+            f"found {len(folder.class_names)} ({found})."
+        )
+    empty = [name for name, count in folder.class_counts().items() if count == 0]
+    if empty:
+        raise DatasetError(f"These class folders hold no images: {', '.join(empty)}.")
+
+
+def fingerprint(folder: ImageFolder) -> str:
+    """Identity of a dataset's files: relative path, size and modification time of each.
+
+    Reading every byte of 2,000 scans would cost more than loading the cache; a changed,
+    added or removed file changes its size or time stamp, as `make` and `rsync` assume.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for path, label in zip(folder.files, folder.labels, strict=True):
+        stat = path.stat()
+        digest.update(
+            f"{folder.relative(path)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
+        )
+    digest.update(json.dumps(folder.class_names).encode())
+    return digest.hexdigest()
+
+
+def _decode_file(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str | None]:
+    """Returns (model input, error, patient/study group from DICOM)."""
+    try:
+        decoded = decode_slice(path.read_bytes(), path.name)
+    except SliceError as error:
+        return None, str(error), None
+    except OSError as error:
+        return None, f"could not be read ({error.strerror})", None
+    group = decoded.dicom_groups.get("PatientID") or decoded.dicom_groups.get("StudyInstanceUID")
+    return to_model_input(decoded.pixels, size), None, group
+
+
+def load_arrays(
+    folder: ImageFolder | Path | str,
+    size: int,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> ArrayDataset:
+    """Decode every image of a dataset at `size` x `size`, cached on disk.
+
+    The cache is keyed by the dataset's fingerprint and the size; its payload and its
+    metadata (labels, file names) carry checksums, so a damaged cache file is rebuilt, never
+    trusted.
+    """
+    if not isinstance(folder, ImageFolder):
+        folder = scan_image_folder(folder)
+    cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
+    key = f"{fingerprint(folder)}-{size}-v{CACHE_FORMAT}"
+    cached = _read_cache(cache_dir, key, folder)
+    if cached is not None:
+        return cached
+    dataset = _decode_all(folder, size, key.split("-")[0], workers)
+    _write_cache(cache_dir, key, dataset)
+    return dataset
+
+
+def _decode_all(folder: ImageFolder, size: int, print_: str, workers: int | None) -> ArrayDataset:
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda path: _decode_file(path, size), folder.files))
+    images, labels, files = [], [], []
+    skipped = list(folder.skipped)
+    groups: dict[str, str] = {}
+    for path, label, (image, error, group) in zip(
+        folder.files, folder.labels, results, strict=True
+    ):
+        relative = folder.relative(path)
+        if image is None:
+            skipped.append((relative, error or "unreadable"))
+            continue
+        images.append(image)
+        labels.append(label)
+        files.append(relative)
+        if group:
+            groups[relative] = group
+    if not images:
+        raise DatasetError(f"No readable images in {folder.root}.")
+    dataset = ArrayDataset(
+        x=np.stack(images).astype(np.float32),
+        y=np.array(labels, dtype=np.int32),
+        class_names=folder.class_names,
+        files=files,
+        skipped=skipped,
+        fingerprint=print_,
+        dicom_groups=groups,
+    )
+    present = set(dataset.y.tolist())
+    missing = [n for i, n in enumerate(folder.class_names) if i not in present]
+    if missing:
+        raise DatasetError(f"No readable images in class folder(s): {', '.join(missing)}.")
+    return dataset
+
+
+def _checksum(array: np.ndarray) -> str:
+    return hashlib.blake2b(
+        memoryview(np.ascontiguousarray(array)).cast("B"), digest_size=16
+    ).hexdigest()
+
+
+def _meta_checksum(meta: dict) -> str:
+    """Checksum of the labels, file names and the rest of the metadata (not of itself)."""
+    body = {key: value for key, value in meta.items() if key != "meta_checksum"}
+    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _write_atomically(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_cache(cache_dir: Path, key: str, dataset: ArrayDataset) -> None:
+    meta = {
+        "checksum": _checksum(dataset.x),
+        "shape": list(dataset.x.shape),
+        "y": dataset.y.tolist(),
+        "class_names": dataset.class_names,
+        "files": dataset.files,
+        "skipped": dataset.skipped,
+        "fingerprint": dataset.fingerprint,
+        "dicom_groups": dataset.dicom_groups,
+    }
+    meta["meta_checksum"] = _meta_checksum(meta)
+    try:
+        _write_atomically(cache_dir / f"{key}.npy", lambda s: np.save(s, dataset.x))
+        _write_atomically(cache_dir / f"{key}.json", lambda s: s.write(json.dumps(meta).encode()))
+    except OSError:
+        pass  # a read-only or full disk only costs the next load a decode
+
+
+def _read_cache(cache_dir: Path, key: str, folder: ImageFolder) -> ArrayDataset | None:
+    array_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if not (array_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        x = np.load(array_path, allow_pickle=False)
+        valid = (
+            list(x.shape) == meta["shape"]
+            and x.dtype == np.float32
+            and _checksum(x) == meta["checksum"]
+            and len(meta["y"]) == x.shape[0] == len(meta["files"])
+            and meta["class_names"] == folder.class_names
+            and _meta_checksum(meta) == meta["meta_checksum"]
+        )
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        valid = False
+    if not valid:
+        array_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        return None
+    return ArrayDataset(
+        x=x,
+        y=np.array(meta["y"], dtype=np.int32),
+        class_names=meta["class_names"],
+        files=meta["files"],
+        skipped=[tuple(item) for item in meta["skipped"]],
+        fingerprint=meta["fingerprint"],
+        dicom_groups=meta.get("dicom_groups", {}),
+    )
+
+
+@dataclass
+class DataSource:
+    """Where the app's data comes from, and why that one."""
+
+    train_dir: Path
+    test_dir: Path | None
+    origin: str  # "CTDEMO_DATA_DIR", "downloaded" or "embedded demo set"
+
+
+def split_root(root: Path) -> tuple[Path, Path | None]:
+    """A folder holding train/ (and maybe test/), or an image-folder root itself."""
+    if (root / "train").is_dir():
+        test = root / "test"
+        return root / "train", test if test.is_dir() else None
+    return root, None
+
+
+def resolve_data_source() -> DataSource:
+    """`CTDEMO_DATA_DIR`, else the downloaded dataset, else the embedded demo set."""
+    configured = os.environ.get("CTDEMO_DATA_DIR")
+    if configured:
+        train, test = split_root(Path(configured).expanduser())
+        return DataSource(train, test, "CTDEMO_DATA_DIR")
+    from ctdemo.download import is_complete
+
+    downloaded = paths.default_download_dest()
+    if is_complete(downloaded):
+        train, test = split_root(downloaded)
+        return DataSource(train, test, "downloaded")
+    return DataSource(paths.DEMO_BUNDLE_DIR, None, "embedded demo set")

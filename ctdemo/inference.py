@@ -1,0 +1,88 @@
+"""Predict classes for files or decoded slices with a model and its card."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from ctdemo.cards import ModelCard
+from ctdemo.imaging import SliceError, preprocess
+from ctdemo.metrics import softmax
+from ctdemo.training import predict_logits
+
+BATCH_SIZE = 64
+
+
+@dataclass
+class Prediction:
+    file: str
+    predicted_class: str | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file,
+            "predicted_class": self.predicted_class,
+            "probabilities": self.probabilities,
+        }
+
+
+def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, classes) for model inputs: softmax of the logits."""
+    return softmax(predict_logits(model, x, BATCH_SIZE).astype(np.float64))
+
+
+def _read_and_preprocess(path: str, card: ModelCard) -> np.ndarray | str:
+    """Model input for one file, or the reason it has none."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        return "No such file."
+    except IsADirectoryError:
+        return "This is a folder, not a file."
+    except OSError as error:
+        return f"Could not be read ({error.strerror})."
+    try:
+        return preprocess(data, card.image_size, card.channels, filename=os.path.basename(path))
+    except SliceError as error:
+        return str(error)
+
+
+def predict_files(
+    model: keras.Model, card: ModelCard, files: Sequence[str], workers: int = 2
+) -> list[Prediction]:
+    """One prediction per file, in order; unreadable files get an error and do not stop
+    the others. Files are decoded on a small thread pool and predicted in batches."""
+    results: list[Prediction] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(files), BATCH_SIZE):
+            chunk = list(files[start : start + BATCH_SIZE])
+            inputs = list(pool.map(lambda path: _read_and_preprocess(path, card), chunk))
+            good = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
+            probs = probabilities(model, np.stack([inputs[i] for i in good])) if good else []
+            by_index = dict(zip(good, probs, strict=True))
+            for index, (path, item) in enumerate(zip(chunk, inputs, strict=True)):
+                if isinstance(item, str):
+                    results.append(Prediction(path, error=item))
+                else:
+                    results.append(_prediction(path, by_index[index], card.class_names))
+    return results
+
+
+def _prediction(file: str, probs: np.ndarray, class_names: list[str]) -> Prediction:
+    return Prediction(
+        file=file,
+        predicted_class=class_names[int(np.argmax(probs))],
+        probabilities={
+            name: round(float(p), 6) for name, p in zip(class_names, probs, strict=True)
+        },
+    )

@@ -1,0 +1,193 @@
+"""Model builders over the Keras functional API, and the named presets.
+
+Every model takes a (size, size, 1) slice in [0, 1], standardises it per image (zero mean,
+unit variance over its pixels, so scanner and export brightness matter less), and outputs one
+logit per class: softmax is applied only when probabilities are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import keras
+from keras import layers
+
+LAST_CONV = "last_conv"
+"""Name of a CNN's last convolution, where Grad-CAM looks."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Hyper-parameters that define a model; recorded in its card."""
+
+    kind: str  # "mlp" or "cnn"
+    image_size: int
+    dropout: float
+    hidden_units: tuple[int, ...] = ()  # mlp: one Dense layer each; cnn: the dense head
+    filters: tuple[int, ...] = ()  # cnn: one block per entry
+    convs_per_block: int = 1
+    batch_norm: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Architecture:
+        values = dict(values)
+        for key in ("hidden_units", "filters"):
+            values[key] = tuple(values.get(key, ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named architecture with the training settings that suit it."""
+
+    name: str
+    description: str
+    architecture: Architecture
+    epochs: int
+    learning_rate: float
+    batch_size: int = 32
+    patience: int = 8
+    augment: bool = True
+    weight_decay: float = 1e-4
+    extra: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            "mlp",
+            "Our MLP: 2 hidden layers on 48x48 slices, dropout 0.5, augmentation.",
+            Architecture("mlp", 48, 0.5, hidden_units=(256, 64)),
+            epochs=60,
+            learning_rate=3e-4,
+            patience=12,
+        ),
+        Preset(
+            "cnn",
+            "Our small CNN: 3 blocks of one 3x3 convolution + batch norm on 64x64 slices; "
+            "trains in seconds per epoch.",
+            Architecture("cnn", 64, 0.3, hidden_units=(32,), filters=(16, 32, 64)),
+            epochs=40,
+            learning_rate=1e-3,
+        ),
+        Preset(
+            "cnn-large",
+            "The shipped CNN: 4 blocks of two 3x3 convolutions + batch norm on 96x96 slices.",
+            Architecture(
+                "cnn", 96, 0.3, hidden_units=(64,), filters=(16, 32, 64, 128), convs_per_block=2
+            ),
+            epochs=40,
+            learning_rate=1e-3,
+        ),
+        Preset(
+            "seed-1-mlp",
+            "The first seed project: 4 hidden ReLU layers, dropout 0.5, early stopping "
+            "(no augmentation).",
+            Architecture("mlp", 64, 0.5, hidden_units=(256, 128, 64, 32)),
+            epochs=50,
+            learning_rate=1e-3,
+            patience=5,
+            augment=False,
+            weight_decay=0.0,
+        ),
+        Preset(
+            "seed-2-cnn",
+            "The second seed project, scaled down: 4 blocks of two 3x3 convolutions with "
+            "max-pool and dropout, a dense head of 8 units (no batch norm, no augmentation).",
+            Architecture(
+                "cnn",
+                96,
+                0.25,
+                hidden_units=(8,),
+                filters=(32, 16, 16, 8),
+                convs_per_block=2,
+                batch_norm=False,
+            ),
+            epochs=30,
+            learning_rate=1e-3,
+            patience=5,
+            augment=False,
+            weight_decay=0.0,
+        ),
+    )
+}
+
+
+def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
+    if architecture.kind == "mlp":
+        return build_mlp(
+            architecture.image_size, num_classes, architecture.hidden_units, architecture.dropout
+        )
+    if architecture.kind == "cnn":
+        return build_cnn(
+            architecture.image_size,
+            num_classes,
+            architecture.filters,
+            architecture.hidden_units,
+            architecture.dropout,
+            architecture.convs_per_block,
+            architecture.batch_norm,
+        )
+    raise ValueError(f"Unknown architecture kind {architecture.kind!r} (mlp or cnn).")
+
+
+def _standardised_input(image_size: int) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    slices = keras.Input((image_size, image_size, 1), name="slice")
+    standardised = layers.LayerNormalization(
+        axis=(1, 2, 3), center=False, scale=False, name="per_image_standardise"
+    )(slices)
+    return slices, standardised
+
+
+def build_mlp(
+    image_size: int, num_classes: int, hidden_units: tuple[int, ...], dropout: float
+) -> keras.Model:
+    """Flattened pixels through ReLU layers, each followed by dropout, to class logits."""
+    slices, x = _standardised_input(image_size)
+    x = layers.Flatten(name="pixels")(x)
+    for index, units in enumerate(hidden_units, start=1):
+        x = layers.Dense(units, activation="relu", name=f"hidden_{index}")(x)
+        x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(slices, logits, name="mlp")
+
+
+def build_cnn(
+    image_size: int,
+    num_classes: int,
+    filters: tuple[int, ...],
+    dense_units: tuple[int, ...],
+    dropout: float,
+    convs_per_block: int = 1,
+    batch_norm: bool = True,
+) -> keras.Model:
+    """Blocks of 3x3 convolutions and max-pooling, global average pooling, a dense head."""
+    slices, x = _standardised_input(image_size)
+    for block, width in enumerate(filters, start=1):
+        for conv in range(1, convs_per_block + 1):
+            is_last = block == len(filters) and conv == convs_per_block
+            name = LAST_CONV if is_last else f"conv_{block}_{conv}"
+            x = layers.Conv2D(width, 3, padding="same", activation="relu", name=name)(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"{name}_norm")(x)
+        if block < len(filters):
+            x = layers.MaxPooling2D(name=f"pool_{block}")(x)
+            if dropout:
+                x = layers.SpatialDropout2D(dropout / 2, name=f"block_dropout_{block}")(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    for index, units in enumerate(dense_units, start=1):
+        x = layers.Dropout(dropout, name=f"head_dropout_{index}")(x)
+        x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
+    x = layers.Dropout(dropout, name="logits_dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(slices, logits, name="cnn")
+
+
+def preset_architecture(name: str, **overrides) -> Architecture:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return replace(PRESETS[name].architecture, **overrides)

@@ -1,0 +1,153 @@
+"""Model builders, training with callbacks, and save/load round trips with the card."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ctdemo.cards import ModelLoadError, card_path, load_model, save_model
+from ctdemo.data import load_arrays
+from ctdemo.experiment import evaluate, train_on_folder
+from ctdemo.models import LAST_CONV, PRESETS, Architecture, build_cnn, build_mlp, build_model
+from ctdemo.splits import SplitSpec
+from ctdemo.training import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+TINY_CNN = Architecture("cnn", 32, 0.1, hidden_units=(8,), filters=(4, 8))
+TINY_MLP = Architecture("mlp", 24, 0.2, hidden_units=(16, 8))
+
+
+def test_builders_output_one_logit_per_class():
+    mlp = build_mlp(24, 3, (16, 8), 0.5)
+    cnn = build_cnn(32, 3, (4, 8), (8,), 0.2, convs_per_block=2)
+    x = np.random.default_rng(0).random((2, 24, 24, 1), dtype=np.float32)
+    assert mlp(x).shape == (2, 3)
+    assert cnn(np.zeros((2, 32, 32, 1), np.float32)).shape == (2, 3)
+    assert mlp.layers[-1].activation.__name__ == "linear"
+    assert cnn.get_layer(LAST_CONV).__class__.__name__ == "Conv2D"
+    assert sum(layer.name.startswith("hidden_") for layer in mlp.layers) == 2
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds(name):
+    model = build_model(PRESETS[name].architecture, 2)
+    size = PRESETS[name].architecture.image_size
+    assert model.input_shape == (None, size, size, 1)
+    assert model.output_shape == (None, 2)
+
+
+def test_seed_presets_mirror_the_seed_projects():
+    seed1 = PRESETS["seed-1-mlp"]
+    assert len(seed1.architecture.hidden_units) == 4 and seed1.architecture.dropout == 0.5
+    assert seed1.patience > 0
+    seed2 = PRESETS["seed-2-cnn"].architecture
+    assert len(seed2.filters) == 4 and seed2.convs_per_block == 2
+
+
+def test_training_reports_every_epoch_and_learns(tiny_dataset):
+    data = load_arrays(tiny_dataset, 32)
+    epochs, batches = [], []
+    config = TrainConfig(TINY_CNN, epochs=4, learning_rate=3e-3, batch_size=8, patience=0)
+    result = train(
+        config,
+        data,
+        data,
+        on_epoch=lambda e, logs: epochs.append((e, logs)),
+        on_batch=lambda done, total: batches.append((done, total)),
+    )
+    assert [e for e, _ in epochs] == [1, 2, 3, 4]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(epochs[0][1])
+    assert batches[-1][0] == batches[-1][1] == 6
+    assert result.stop_reason == "completed" and result.epochs_run == 4
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert 1 <= result.best_epoch <= 4
+    assert min(result.history["val_loss"]) == pytest.approx(
+        result.history["val_loss"][result.best_epoch - 1]
+    )
+
+
+def test_stop_event_ends_the_run_at_the_next_batch(tiny_dataset):
+    data = load_arrays(tiny_dataset, 24)
+    stop = threading.Event()
+    seen = []
+
+    def on_batch(done, total):
+        seen.append(done)
+        if done == 2:
+            stop.set()
+
+    config = TrainConfig(TINY_MLP, epochs=50, batch_size=8, patience=0)
+    result = train(config, data, data, on_batch=on_batch, stop_event=stop)
+    assert result.stop_reason == "stopped"
+    assert len(seen) <= 3 and result.epochs_run <= 1
+
+
+def test_diverging_loss_is_reported(tiny_dataset):
+    data = load_arrays(tiny_dataset, 24)
+    reckless = TrainConfig(TINY_MLP, epochs=5, learning_rate=1e12, batch_size=8, patience=0)
+    result = train(reckless, data, data)
+    assert result.stop_reason == "nan"
+    assert "learning rate" in result.message
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_dataset):
+    data = load_arrays(tiny_dataset, 24)
+    # Validation labels flipped: validation loss rises as training succeeds, so it stops early.
+    flipped = data.subset(np.arange(len(data)))
+    flipped.y = 1 - flipped.y
+    config = TrainConfig(TINY_MLP, epochs=40, learning_rate=3e-3, batch_size=8, patience=2)
+    result = train(config, data, flipped)
+    assert result.stop_reason == "early stopping"
+    assert result.epochs_run < 40
+    best = int(np.argmin(result.history["val_loss"])) + 1
+    assert result.best_epoch == best
+
+
+def test_training_is_reproducible_with_a_seed(tiny_dataset):
+    data = load_arrays(tiny_dataset, 24)
+    config = TrainConfig(TINY_MLP, epochs=2, batch_size=8, patience=0, seed=3)
+    first = train(config, data, data).history["loss"]
+    second = train(config, data, data).history["loss"]
+    np.testing.assert_allclose(first, second, rtol=1e-4)
+
+
+def test_train_save_load_round_trip_keeps_card_and_predictions(tiny_dataset, tmp_path):
+    config = TrainConfig(TINY_CNN, epochs=2, batch_size=8, patience=0)
+    spec = SplitSpec("grouped", 0.25, 0, block_size=4)
+    result, card = train_on_folder(tiny_dataset, config, spec, "tiny", command="test")
+    path = tmp_path / "tiny.keras"
+    save_model(result.model, card, path)
+    assert card_path(path).is_file()
+    model, loaded = load_model(path)
+    assert loaded.class_names == ["COVID", "non-COVID"]
+    assert loaded.positive_class == "COVID"
+    assert loaded.image_size == 32 and loaded.channels == 1
+    assert loaded.split["method"] == "grouped"
+    assert loaded.split["group_source"].startswith("file-number blocks")
+    assert loaded.history == card.history and len(loaded.history["loss"]) == 2
+    assert loaded.parameters == result.model.count_params() > 0
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(loaded.versions)
+    assert loaded.validation["n"] == loaded.data["validation_slices"] > 0
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"):
+        assert {"value", "low", "high"} <= set(loaded.validation[key])
+    assert loaded.validation["roc"]["fpr"][0] == 0.0
+    data = load_arrays(tiny_dataset, 32)
+    np.testing.assert_allclose(
+        model.predict_on_batch(data.x[:5]), result.model.predict_on_batch(data.x[:5]), atol=1e-5
+    )
+    assert evaluate(model, loaded, data)["n"] == len(data)
+
+
+def test_load_refuses_missing_card_and_non_models(tmp_path):
+    bogus = tmp_path / "bogus.keras"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="no card"):
+        load_model(bogus)
+    card_path(bogus).write_text("{}")
+    with pytest.raises(ModelLoadError):
+        load_model(bogus)
+    with pytest.raises(ModelLoadError, match="No model file"):
+        load_model(tmp_path / "absent.keras")
