@@ -8,9 +8,11 @@ cannot get past the cap).
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +34,8 @@ def _safe_member_path(name: str) -> PurePosixPath:
         raise ArchiveError(f"The archive holds an absolute path ({name!r}); refusing to unpack it.")
     if ".." in path.parts:
         raise ArchiveError(f"The archive holds a path that escapes its folder ({name!r}).")
+    if not path.parts:
+        raise ArchiveError(f"The archive holds an entry with no name ({name!r}).")
     return path
 
 
@@ -46,7 +50,8 @@ def safe_extract(
     target = Path(target)
     try:
         with zipfile.ZipFile(archive) as bundle:
-            members = [info for info in bundle.infolist() if not info.is_dir()]
+            # not info.is_dir(): it raises IndexError on an entry with an empty name
+            members = [info for info in bundle.infolist() if not info.filename.endswith("/")]
             _check_members(members, limits)
             target.mkdir(parents=True, exist_ok=True)
             written_total = 0
@@ -55,7 +60,7 @@ def safe_extract(
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 written_total += _copy_bounded(bundle, info, destination, limits, written_total)
             return len(members)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError):  # damaged member data
         raise ArchiveError("This file is not a zip archive, or it is damaged.") from None
     except (zipfile.LargeZipFile, NotImplementedError, RuntimeError) as error:
         raise ArchiveError(f"The archive cannot be unpacked ({error}).") from None
@@ -79,6 +84,12 @@ def _check_members(members: list[zipfile.ZipInfo], limits: ArchiveLimits) -> Non
                 f"files over {limits.max_file_bytes // 2**20} MB are refused."
             )
         declared += info.file_size
+    files = {_safe_member_path(info.filename) for info in members}
+    clashes = files & {parent for path in files for parent in path.parents}
+    if clashes:
+        raise ArchiveError(
+            f"The archive holds {str(min(clashes))!r} both as a file and as a folder."
+        )
     if declared > limits.max_total_bytes:
         raise ArchiveError(
             f"The archive unpacks to {declared / 2**30:.1f} GB; "
@@ -93,10 +104,23 @@ def _copy_bounded(
     limits: ArchiveLimits,
     written_before: int,
 ) -> int:
-    """Copy one member, counting real bytes: a header that under-declares is caught here."""
+    """Copy one member, counting real bytes: a header that under-declares is caught here.
+
+    An OSError while reading the member (a bad offset, a damaged bzip2 stream) means a damaged
+    archive and becomes an ArchiveError; one while writing (a full disk) stays an OSError."""
     written = 0
-    with bundle.open(info) as source, open(destination, "wb") as sink:
-        while chunk := source.read(1 << 20):
+    try:
+        source = bundle.open(info)
+    except OSError as error:
+        raise ArchiveError(f"{info.filename} is damaged in the archive ({error}).") from None
+    with source, open(destination, "wb") as sink:
+        while True:
+            try:
+                chunk = source.read(1 << 20)
+            except OSError as error:
+                raise ArchiveError(f"{info.filename} is damaged in the archive ({error}).") from None
+            if not chunk:
+                break
             written += len(chunk)
             if written > limits.max_file_bytes or written_before + written > limits.max_total_bytes:
                 raise ArchiveError(

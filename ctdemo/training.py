@@ -95,7 +95,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     )
 
 
-def _pipeline(
+def input_pipeline(
     data: ArrayDataset, batch_size: int, seed: int, training: bool, augment: bool
 ) -> tf.data.Dataset:
     pipeline = tf.data.Dataset.from_tensor_slices((data.x, data.y))
@@ -206,8 +206,8 @@ def train(
         callbacks.append(early_stopping)
     started = time.perf_counter()
     fitted = model.fit(
-        _pipeline(train_data, config.batch_size, config.seed, True, config.augment),
-        validation_data=_pipeline(val_data, 256, config.seed, False, False),
+        input_pipeline(train_data, config.batch_size, config.seed, True, config.augment),
+        validation_data=input_pipeline(val_data, 256, config.seed, False, False),
         epochs=config.epochs,
         callbacks=callbacks,
         shuffle=False,  # the pipeline shuffles, reproducibly
