@@ -118,7 +118,9 @@ def _copy_bounded(
             try:
                 chunk = source.read(1 << 20)
             except OSError as error:
-                raise ArchiveError(f"{info.filename} is damaged in the archive ({error}).") from None
+                raise ArchiveError(
+                    f"{info.filename} is damaged in the archive ({error})."
+                ) from None
             if not chunk:
                 break
             written += len(chunk)

@@ -201,7 +201,8 @@ def _to_grey_unit(image: Image.Image) -> np.ndarray:
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
-    finite = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    # float64: in float32, (value - low) overflows to inf for ranges near float32's limit
+    finite = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(finite.min()), float(finite.max())
     if high <= low:
         return np.zeros(finite.shape, dtype=np.float32)
@@ -255,6 +256,8 @@ def _read_dicom(data: bytes, window: Window) -> DecodedSlice:
     hu = _to_hounsfield(dataset, stored)
     if str(getattr(dataset, "PhotometricInterpretation", "")) == "MONOCHROME1":
         hu = hu.max() + hu.min() - hu
+    if not np.all(np.isfinite(hu)):  # absurd rescale tags overflow float32
+        raise DicomError("The rescale tags give pixel values far outside any CT range.")
     return DecodedSlice(
         pixels=window.apply(hu),
         source_format="DICOM",

@@ -1,0 +1,311 @@
+"""ctdemo.metrics against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ctdemo.metrics import (
+    Interval,
+    binary_report,
+    bootstrap_interval,
+    classification_report,
+    confusion_matrix,
+    expected_calibration_error,
+    f1_score,
+    mcnemar_exact,
+    roc_auc,
+    roc_curve,
+    softmax,
+    wilson_interval,
+)
+
+# the small binary case used below, worked by hand:
+#   threshold 0.5 -> predictions 1 1 1 0 | 1 0 0 0 -> tp 3, fn 1, fp 1, tn 3
+#   AUC: positives beat negatives in 4 + 4 + 3 + 2 = 13 of 16 pairs
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+S = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.4])
+
+
+def brute_force_auc(y_true, y_score) -> float:
+    positives = [s for t, s in zip(y_true, y_score, strict=True) if t]
+    negatives = [s for t, s in zip(y_true, y_score, strict=True) if not t]
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+# ---------------------------------------------------------------------------- counts
+
+
+def test_confusion_matrix_rows_true_columns_predicted():
+    matrix = confusion_matrix([0, 1, 2, 2, 1, 0, 2], [0, 2, 2, 1, 1, 0, 2], num_classes=3)
+    np.testing.assert_array_equal(matrix, [[2, 0, 0], [0, 1, 1], [0, 1, 2]])
+    assert matrix.sum() == 7
+
+
+def test_confusion_matrix_keeps_absent_classes():
+    matrix = confusion_matrix([0, 0], [0, 0], num_classes=3)
+    assert matrix.shape == (3, 3)
+    assert matrix[0, 0] == 2
+    assert matrix.sum() == 2
+
+
+def test_f1_hand_cases():
+    # tp 2, fp 1, fn 1 -> 2*2 / (4 + 1 + 1)
+    assert f1_score([1, 1, 1, 0, 0], [1, 1, 0, 1, 0]) == pytest.approx(4 / 6)
+    assert f1_score(Y, S >= 0.5) == pytest.approx(0.75)
+    assert f1_score([1, 0], [1, 0]) == 1.0
+    assert f1_score([1, 1], [0, 0]) == 0.0
+    assert math.isnan(f1_score([0, 0], [0, 0]))  # no positives anywhere
+
+
+# ---------------------------------------------------------------------------- intervals
+
+
+def test_wilson_interval_known_value():
+    interval = wilson_interval(8, 10)
+    assert interval.value == pytest.approx(0.8)
+    assert interval.low == pytest.approx(0.4902, abs=1e-4)
+    assert interval.high == pytest.approx(0.9433, abs=1e-4)
+
+
+def test_wilson_interval_extremes():
+    zero = wilson_interval(0, 10)
+    assert zero.value == 0.0 and zero.low == 0.0
+    assert zero.high == pytest.approx(0.2775, abs=1e-4)
+    full = wilson_interval(10, 10)
+    assert full.high == pytest.approx(1.0)  # exactly 1 up to rounding
+    assert full.low == pytest.approx(0.7225, abs=1e-4)
+    empty = wilson_interval(0, 0)
+    assert math.isnan(empty.value)
+    assert (empty.low, empty.high) == (0.0, 1.0)
+
+
+def test_wilson_interval_narrows_with_more_trials():
+    small, large = wilson_interval(8, 10), wilson_interval(800, 1000)
+    assert large.high - large.low < (small.high - small.low) / 5
+    assert large.low < 0.8 < large.high
+
+
+def test_interval_to_dict():
+    assert Interval(0.5, 0.1, 0.9).to_dict() == {"value": 0.5, "low": 0.1, "high": 0.9}
+
+
+# ---------------------------------------------------------------------------- ROC
+
+
+def test_roc_auc_hand_case():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc(Y, S) == pytest.approx(13 / 16)
+
+
+def test_roc_auc_ties_count_half():
+    # positive 0.5 ties negative 0.5 (half a win); the other three pairs are wins
+    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == pytest.approx(3.5 / 4)
+    assert roc_auc([0, 1, 0, 1], [0.3, 0.3, 0.3, 0.3]) == pytest.approx(0.5)
+
+
+def test_roc_auc_extremes_and_undefined():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert math.isnan(roc_auc([1, 1, 1], [0.1, 0.5, 0.9]))
+    assert math.isnan(roc_auc([0, 0], [0.1, 0.5]))
+
+
+def test_roc_auc_matches_brute_force_with_many_ties():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, 300)
+    y_score = np.round(rng.random(300) * 0.6 + 0.4 * y_true, 1)  # rounding makes ties
+    assert roc_auc(y_true, y_score) == pytest.approx(brute_force_auc(y_true, y_score))
+
+
+def test_roc_curve_points_by_hand():
+    fpr, tpr, thresholds = roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    np.testing.assert_allclose(fpr, [0.0, 0.0, 0.5, 0.5, 1.0])
+    np.testing.assert_allclose(tpr, [0.0, 0.5, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(thresholds, [np.inf, 0.8, 0.4, 0.35, 0.1])
+
+
+def test_roc_curve_with_ties_and_area():
+    y_true, y_score = [0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]
+    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    np.testing.assert_allclose(thresholds, [np.inf, 0.9, 0.5, 0.2])
+    np.testing.assert_allclose(tpr, [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(fpr, [0.0, 0.0, 0.5, 1.0])
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(roc_auc(y_true, y_score))
+
+
+def test_roc_curve_thresholds_mean_score_at_least_threshold():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 2, 50).astype(bool)
+    y_score = np.round(rng.random(50), 2)
+    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    for f, t, threshold in zip(fpr[1:], tpr[1:], thresholds[1:], strict=True):
+        called = y_score >= threshold
+        assert t == pytest.approx(np.mean(called[y_true]))
+        assert f == pytest.approx(np.mean(called[~y_true]))
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def test_expected_calibration_error_one_slice_per_bin():
+    probs = np.array([[0.95, 0.05], [0.15, 0.85], [0.28, 0.72], [0.35, 0.65]])
+    y_true = np.array([0, 0, 1, 1])  # right, wrong, right, right
+    # bins 9, 8, 7, 6 hold one slice each: (0.05 + 0.85 + 0.28 + 0.35) / 4
+    assert expected_calibration_error(y_true, probs) == pytest.approx(1.53 / 4)
+
+
+def test_expected_calibration_error_single_bin_is_accuracy_gap():
+    probs = np.array([[0.95, 0.05], [0.15, 0.85], [0.28, 0.72], [0.35, 0.65]])
+    y_true = np.array([0, 0, 1, 1])
+    # accuracy 0.75, mean confidence 0.7925
+    assert expected_calibration_error(y_true, probs, bins=1) == pytest.approx(0.0425)
+
+
+def test_expected_calibration_error_perfect_and_empty():
+    assert expected_calibration_error([0, 1, 1], np.eye(2)[[0, 1, 1]]) == pytest.approx(0.0)
+    assert math.isnan(expected_calibration_error([], np.zeros((0, 2))))
+
+
+# ---------------------------------------------------------------------------- McNemar
+
+
+def test_mcnemar_all_discordant_one_way():
+    correct_a = np.zeros(5, bool)
+    correct_b = np.ones(5, bool)
+    assert mcnemar_exact(correct_a, correct_b) == (0, 5, pytest.approx(0.0625))
+
+
+def test_mcnemar_equal_discordance_is_one():
+    a = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
+    b = np.array([0, 0, 0, 1, 1, 1, 1, 0], bool)
+    assert mcnemar_exact(a, b) == (3, 3, 1.0)
+    assert mcnemar_exact([1, 0], [1, 0]) == (0, 0, 1.0)
+
+
+def test_mcnemar_hand_case_with_comb():
+    a = np.array([1] * 2 + [0] * 8 + [1] * 20 + [0] * 5, bool)
+    b = np.array([0] * 2 + [1] * 8 + [1] * 20 + [0] * 5, bool)
+    expected = 2 * (math.comb(10, 0) + math.comb(10, 1) + math.comb(10, 2)) / 2**10
+    only_a, only_b, p = mcnemar_exact(a, b)
+    assert (only_a, only_b) == (2, 8)
+    assert p == pytest.approx(expected)
+    assert p == pytest.approx(0.109375)
+    assert mcnemar_exact(b, a) == (8, 2, pytest.approx(expected))
+
+
+# ---------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_is_deterministic_by_seed():
+    rng = np.random.default_rng(2)
+    y_true = rng.integers(0, 2, 60)
+    y_score = np.clip(0.3 * y_true + rng.random(60) * 0.7, 0, 1)
+    first = bootstrap_interval(roc_auc, y_true, y_score, repeats=200, seed=11)
+    again = bootstrap_interval(roc_auc, y_true, y_score, repeats=200, seed=11)
+    other = bootstrap_interval(roc_auc, y_true, y_score, repeats=200, seed=12)
+    assert first == again
+    assert (first.low, first.high) != (other.low, other.high)
+    assert first.value == pytest.approx(roc_auc(y_true, y_score))
+    assert first.low <= first.value <= first.high
+    assert 0.0 <= first.low < first.high <= 1.0
+
+
+def test_bootstrap_of_an_undefined_statistic_is_nan():
+    interval = bootstrap_interval(roc_auc, np.ones(5), np.linspace(0, 1, 5), repeats=20)
+    assert math.isnan(interval.value)
+    assert math.isnan(interval.low) and math.isnan(interval.high)
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def test_binary_report_hand_case():
+    report = binary_report(Y, S)
+    assert set(report) == {
+        "n",
+        "threshold",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "roc_auc",
+        "confusion",
+        "roc",
+    }
+    assert report["n"] == 8
+    assert report["threshold"] == 0.5
+    assert report["confusion"] == {"tp": 3, "tn": 3, "fp": 1, "fn": 1}
+    for key in ("accuracy", "sensitivity", "specificity", "precision"):
+        assert report[key]["value"] == pytest.approx(0.75)
+        assert set(report[key]) == {"value", "low", "high"}
+    assert report["accuracy"]["low"] == pytest.approx(wilson_interval(6, 8).low)
+    assert report["sensitivity"]["high"] == pytest.approx(wilson_interval(3, 4).high)
+    assert report["f1"]["value"] == pytest.approx(0.75)
+    assert report["roc_auc"]["value"] == pytest.approx(13 / 16)
+    roc = report["roc"]
+    assert roc["thresholds"][0] is None  # infinity, JSON-safe
+    assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0
+    assert len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"]) == 9
+
+
+def test_binary_report_threshold_changes_counts():
+    report = binary_report(Y, S, threshold=0.75)
+    assert report["confusion"] == {"tp": 2, "tn": 4, "fp": 0, "fn": 2}
+    assert report["specificity"]["value"] == 1.0
+    assert report["sensitivity"]["value"] == 0.5
+
+
+def test_classification_report_binary_with_positive_class():
+    # class 0 is the positive class here; probabilities of [class 0, class 1]
+    y_true = np.array([0, 0, 0, 1, 1, 1])
+    p0 = np.array([0.9, 0.7, 0.4, 0.6, 0.2, 0.1])
+    y_prob = np.column_stack([p0, 1 - p0])
+    report = classification_report(y_true, y_prob, ["COVID", "non-COVID"], positive_index=0)
+    assert report["n"] == 6
+    assert report["class_names"] == ["COVID", "non-COVID"]
+    assert report["positive_class"] == "COVID"
+    assert report["accuracy"]["value"] == pytest.approx(4 / 6)
+    assert report["confusion_matrix"] == [[2, 1], [1, 2]]
+    assert report["confusion"] == {"tp": 2, "tn": 2, "fp": 1, "fn": 1}
+    assert report["sensitivity"]["value"] == pytest.approx(2 / 3)
+    assert report["roc_auc"]["value"] == pytest.approx(8 / 9)
+    assert 0.0 <= report["expected_calibration_error"] <= 1.0
+    assert "n" in report and "roc" in report and "f1" in report
+
+
+def test_classification_report_three_classes_has_no_binary_metrics():
+    y_true = np.array([0, 1, 2, 2])
+    y_prob = np.array([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.0, 0.1, 0.9]])
+    report = classification_report(y_true, y_prob, ["a", "b", "c"], positive_index=None)
+    assert set(report) == {
+        "n",
+        "class_names",
+        "accuracy",
+        "confusion_matrix",
+        "expected_calibration_error",
+    }
+    assert report["accuracy"]["value"] == pytest.approx(0.75)
+    assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+# ---------------------------------------------------------------------------- softmax
+
+
+def test_softmax_rows_sum_to_one_and_are_stable():
+    logits = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
+    probs = softmax(logits)
+    assert np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    np.testing.assert_allclose(probs[2], [1 / 3] * 3)
+    np.testing.assert_allclose(probs[1], [1.0, 0.0, 0.0], atol=1e-12)
+    e = np.exp([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(probs[0], e / e.sum())
+    np.testing.assert_allclose(softmax(logits[:1] + 50.0), probs[:1])  # shift-invariant
