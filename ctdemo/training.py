@@ -65,18 +65,16 @@ swing by 10 points from one epoch to the next; the average of recent weights swi
 MAX_ROTATION = 0.1  # radians, about 6 degrees
 MAX_SHIFT = 0.06  # fraction of the side
 ZOOM = 0.1  # scale in [1 - ZOOM, 1 + ZOOM]
-MAX_LOG_GAMMA = 0.3  # intensity gamma in [0.74, 1.35]: exports and scanners differ
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Random horizontal flip, rotation, shift and zoom of each image, as one affine warp,
-    then a random intensity gamma.
+    """Random horizontal flip, rotation, shift and zoom of each image, as one affine warp.
 
     Stateless random ops keyed by `seed` (shape (2,)), so a run is reproducible."""
     batch = tf.shape(images)[0]
     height = tf.cast(tf.shape(images)[1], tf.float32)
     width = tf.cast(tf.shape(images)[2], tf.float32)
-    seeds = tf.random.experimental.stateless_split(seed, 6)
+    seeds = tf.random.experimental.stateless_split(seed, 5)
 
     def uniform(index: int, low: float, high: float) -> tf.Tensor:
         return tf.random.stateless_uniform((batch,), seeds[index], low, high)
@@ -94,7 +92,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     b2 = centre_y - b0 * centre_x - b1 * centre_y + shift_y
     zeros = tf.zeros_like(a0)
     transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
+    return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=transforms,
         output_shape=tf.shape(images)[1:3],
@@ -102,8 +100,6 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         interpolation="BILINEAR",
         fill_mode="NEAREST",
     )
-    gamma = tf.exp(uniform(5, -MAX_LOG_GAMMA, MAX_LOG_GAMMA))[:, None, None, None]
-    return tf.pow(tf.clip_by_value(warped, 1e-6, 1.0), gamma)
 
 
 def input_pipeline(
