@@ -54,7 +54,7 @@ class Preset:
     learning_rate: float
     batch_size: int = 32
     patience: int = 8
-    augment: bool = True
+    augment: bool = False
     weight_decay: float = 1e-4
     extra: dict = field(default_factory=dict)
 
@@ -64,44 +64,45 @@ PRESETS: dict[str, Preset] = {
     for preset in (
         Preset(
             "mlp",
-            "Our MLP: 2 hidden layers on 48x48 slices, dropout 0.5, augmentation.",
-            Architecture("mlp", 48, 0.5, hidden_units=(256, 64)),
-            epochs=60,
-            learning_rate=3e-4,
-            patience=12,
+            "Our MLP: 4 hidden ReLU layers on 32x32 slices, dropout 0.5, strong weight decay.",
+            Architecture("mlp", 32, 0.5, hidden_units=(256, 128, 64, 32)),
+            epochs=50,
+            learning_rate=1e-3,
+            patience=10,
+            weight_decay=0.05,
         ),
         Preset(
             "cnn",
             "Our small CNN: 3 blocks of one 3x3 convolution + batch norm on 64x64 slices; "
             "trains in seconds per epoch.",
-            Architecture("cnn", 64, 0.3, hidden_units=(32,), filters=(16, 32, 64)),
-            epochs=40,
+            Architecture("cnn", 64, 0.1, hidden_units=(32,), filters=(16, 32, 64)),
+            epochs=20,
             learning_rate=1e-3,
         ),
         Preset(
             "cnn-large",
             "The shipped CNN: 4 blocks of two 3x3 convolutions + batch norm on 96x96 slices.",
             Architecture(
-                "cnn", 96, 0.3, hidden_units=(64,), filters=(16, 32, 64, 128), convs_per_block=2
+                "cnn", 96, 0.2, hidden_units=(64,), filters=(16, 32, 64, 128), convs_per_block=2
             ),
-            epochs=40,
+            epochs=30,
             learning_rate=1e-3,
+            patience=10,
         ),
         Preset(
             "seed-1-mlp",
-            "The first seed project: 4 hidden ReLU layers, dropout 0.5, early stopping "
-            "(no augmentation).",
+            "The first seed project: 4 hidden ReLU layers on 64x64 slices, dropout 0.5, "
+            "early stopping.",
             Architecture("mlp", 64, 0.5, hidden_units=(256, 128, 64, 32)),
             epochs=50,
             learning_rate=1e-3,
             patience=5,
-            augment=False,
             weight_decay=0.0,
         ),
         Preset(
             "seed-2-cnn",
             "The second seed project, scaled down: 4 blocks of two 3x3 convolutions with "
-            "max-pool and dropout, a dense head of 8 units (no batch norm, no augmentation).",
+            "max-pool and dropout, a dense head of 8 units (no batch norm).",
             Architecture(
                 "cnn",
                 96,
@@ -114,11 +115,14 @@ PRESETS: dict[str, Preset] = {
             epochs=30,
             learning_rate=1e-3,
             patience=5,
-            augment=False,
             weight_decay=0.0,
         ),
     )
 }
+"""Augmentation is off in every preset: on the grouped split, flips, shifts and zooms made
+the small CNN worse and jumpier (validation accuracy 0.70-0.82 against 0.85-0.88 without),
+and an intensity gamma erased the density cue that separates the classes. It stays available
+(`--augment`, the Train page) as something to try."""
 
 
 def build_model(architecture: Architecture, num_classes: int) -> keras.Model:

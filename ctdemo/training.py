@@ -35,7 +35,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     batch_size: int = 32
     patience: int = 8  # 0 turns early stopping off
-    augment: bool = True
+    augment: bool = False
     weight_decay: float = 1e-4
     weight_averaging: bool = True  # validate, keep and save an EMA of the weights
     seed: int = 0

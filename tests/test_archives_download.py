@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +25,8 @@ from ctdemo import paths
 from ctdemo.archives import ArchiveError, ArchiveLimits, find_dataset_root, safe_extract
 from ctdemo.data import scan_image_folder
 from ctdemo.download import MARKER, DownloadError, download_dataset, is_complete
+
+from conftest import make_image_folder
 
 # ---------------------------------------------------------------------------- helpers
 

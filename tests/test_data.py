@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
-from dicom_factory import ct_dicom_bytes
 from PIL import Image
 
 from ctdemo import data, paths
 from ctdemo.data import DatasetError, load_arrays, resolve_data_source, scan_image_folder
 from ctdemo.download import MARKER
+
+from conftest import make_image_folder
+from dicom_factory import ct_dicom_bytes
 
 SIZE = 24
 

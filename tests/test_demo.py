@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from conftest import make_image_folder
 from ctdemo.cards import save_model
 from ctdemo.data import DatasetError, scan_image_folder
 from ctdemo.demo import build_demo_set
@@ -14,6 +13,8 @@ from ctdemo.experiment import train_on_folder
 from ctdemo.models import Architecture
 from ctdemo.splits import SplitSpec
 from ctdemo.training import TrainConfig
+
+from conftest import make_image_folder
 
 pytestmark = pytest.mark.slow
 

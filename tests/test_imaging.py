@@ -8,7 +8,6 @@ import zlib
 
 import numpy as np
 import pytest
-from dicom_factory import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,6 +29,8 @@ from ctdemo.imaging import (
     preprocess,
     to_model_input,
 )
+
+from dicom_factory import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
 
 # ---------------------------------------------------------------------------- helpers
 
