@@ -123,10 +123,20 @@ def save_model(model: keras.Model, card: ModelCard, path: Path | str) -> Path:
     card.parameters = int(model.count_params())
     card.versions = card.versions or library_versions()
     card.created = card.created or datetime.now(UTC).isoformat(timespec="seconds")
-    model.save(path)
+    _without_optimizer(model).save(path)
     target = card_path(path)
     target.write_text(card.to_json() + "\n")
     return target
+
+
+def _without_optimizer(model: keras.Model) -> keras.Model:
+    """An uncompiled copy sharing nothing but the weights: the optimizer's slots (Adam's
+    moments and the weight average) would triple the file for no use at inference."""
+    import keras
+
+    copy = keras.Model.from_config(model.get_config())  # clone_model would keep the optimizer
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def load_model(path: Path | str) -> tuple[keras.Model, ModelCard]:

@@ -11,15 +11,33 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
 
+TENSORFLOW_COMMANDS = ("train", "evaluate", "predict")
 PRESET_NAMES = ("mlp", "cnn", "cnn-large", "seed-1-mlp", "seed-2-cnn")
 
 
 class CliError(Exception):
     """Ends the command with one line on stderr and exit code 1."""
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """TensorFlow prints C++ start-up lines that ignore TF_CPP_MIN_LOG_LEVEL
+    (tensorflow/tensorflow#100442); keep stderr for the one line a person needs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _progress_bar(label: str, done: int, total: int | None, width: int = 30) -> None:
@@ -105,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         "build-demo": _build_demo,
     }
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            with _native_stderr_silenced():
+                import tensorflow  # noqa: F401
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
