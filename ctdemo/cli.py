@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="light augmentation (default: the preset's)",
     )
+    train.add_argument(
+        "--weight-averaging",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep an exponential moving average of the weights (default: the preset's)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics on every image of a folder")
     evaluate.add_argument("--model", type=Path, required=True, help="a .keras file with its card")
@@ -161,6 +167,9 @@ def _train(args: argparse.Namespace) -> int:
         patience=preset.patience if args.patience is None else args.patience,
         augment=preset.augment if args.augment is None else args.augment,
         weight_decay=preset.weight_decay,
+        weight_averaging=(
+            preset.weight_averaging if args.weight_averaging is None else args.weight_averaging
+        ),
         seed=args.seed,
     )
     spec = SplitSpec(args.split, args.val_split, args.seed, args.block_size)

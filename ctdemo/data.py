@@ -20,7 +20,7 @@ import numpy as np
 from ctdemo import paths
 from ctdemo.imaging import IMAGE_EXTENSIONS, SliceError, decode_slice, to_model_input
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when preprocessing changes, so old caches are not reused."""
 
 

@@ -7,7 +7,7 @@ logit per class: softmax is applied only when probabilities are reported.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import keras
 from keras import layers
@@ -56,7 +56,7 @@ class Preset:
     patience: int = 8
     augment: bool = False
     weight_decay: float = 1e-4
-    extra: dict = field(default_factory=dict)
+    weight_averaging: bool = True
 
 
 PRESETS: dict[str, Preset] = {
@@ -73,11 +73,13 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "cnn",
-            "Our small CNN: 3 blocks of one 3x3 convolution + batch norm on 64x64 slices; "
-            "trains in seconds per epoch.",
-            Architecture("cnn", 64, 0.1, hidden_units=(32,), filters=(16, 32, 64)),
+            "Our small CNN for live training: 3 blocks of one 3x3 convolution + batch norm "
+            "on 48x48 slices, batches of 64, no weight averaging: about 2.5 s per epoch.",
+            Architecture("cnn", 48, 0.1, hidden_units=(32,), filters=(16, 32, 64)),
             epochs=20,
             learning_rate=1e-3,
+            batch_size=64,
+            weight_averaging=False,
         ),
         Preset(
             "cnn-large",
