@@ -164,16 +164,17 @@ def load_arrays(
     if not isinstance(folder, ImageFolder):
         folder = scan_image_folder(folder)
     cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
-    key = f"{fingerprint(folder)}-{size}-v{CACHE_FORMAT}"
+    identity = fingerprint(folder)
+    key = f"{identity}-{size}-v{CACHE_FORMAT}"
     cached = _read_cache(cache_dir, key, folder)
     if cached is not None:
         return cached
-    dataset = _decode_all(folder, size, key.split("-")[0], workers)
+    dataset = _decode_all(folder, size, identity, workers)
     _write_cache(cache_dir, key, dataset)
     return dataset
 
 
-def _decode_all(folder: ImageFolder, size: int, print_: str, workers: int | None) -> ArrayDataset:
+def _decode_all(folder: ImageFolder, size: int, identity: str, workers: int | None) -> ArrayDataset:
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda path: _decode_file(path, size), folder.files))
@@ -200,7 +201,7 @@ def _decode_all(folder: ImageFolder, size: int, print_: str, workers: int | None
         class_names=folder.class_names,
         files=files,
         skipped=skipped,
-        fingerprint=print_,
+        fingerprint=identity,
         dicom_groups=groups,
     )
     present = set(dataset.y.tolist())
