@@ -23,7 +23,7 @@ METHOD_LABELS = {
     "scorecam": "Score-CAM",
     "saliency": "SmoothGrad saliency",
 }
-SCORECAM_MAX_N = 16  # Score-CAM on the 16 strongest channels: ~1 s instead of ~8 on 2 cores
+SCORECAM_MAX_N = 16  # the 16 strongest channels: 0.55 s for the shipped CNN on 2 cores
 SMOOTHGRAD_SAMPLES = 20
 
 
