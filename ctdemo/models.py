@@ -7,7 +7,7 @@ logit per class: softmax is applied only when probabilities are reported.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import keras
 from keras import layers
@@ -195,9 +195,3 @@ def build_cnn(
     x = layers.Dropout(dropout, name="logits_dropout")(x)
     logits = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(slices, logits, name="cnn")
-
-
-def preset_architecture(name: str, **overrides) -> Architecture:
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return replace(PRESETS[name].architecture, **overrides)

@@ -15,6 +15,7 @@ from PIL import Image
 from ctdemo import imaging
 from ctdemo.imaging import (
     LUNG_WINDOW,
+    MEDIASTINUM_WINDOW,
     DecodedSlice,
     DicomError,
     EmptyFileError,
@@ -287,6 +288,11 @@ def test_window_apply_directly():
     out = LUNG_WINDOW.apply(np.array([-1350.0, -600.0, 150.0, -5000.0, 5000.0]))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, [0.0, 0.5, 1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_mediastinum_preset_centres_soft_tissue():
+    out = MEDIASTINUM_WINDOW.apply(np.array([-125.0, 50.0, 225.0]))
+    np.testing.assert_allclose(out, [0.0, 0.5, 1.0], atol=1e-6)
 
 
 def test_dicom_monochrome1_is_inverted():
