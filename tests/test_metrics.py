@@ -15,6 +15,7 @@ from ctdemo.metrics import (
     confusion_matrix,
     expected_calibration_error,
     f1_score,
+    group_bootstrap_interval,
     mcnemar_exact,
     roc_auc,
     roc_curve,
@@ -309,3 +310,31 @@ def test_softmax_rows_sum_to_one_and_are_stable():
     e = np.exp([1.0, 2.0, 3.0])
     np.testing.assert_allclose(probs[0], e / e.sum())
     np.testing.assert_allclose(softmax(logits[:1] + 50.0), probs[:1])  # shift-invariant
+
+
+def test_group_bootstrap_is_wider_than_slice_bootstrap_for_clustered_errors():
+    # 10 patients of 20 slices; each patient is either all right or all wrong.
+    y_true = np.ones(200, int)
+    y_score = np.repeat([1.0, 1, 1, 1, 1, 1, 1, 0, 0, 0], 20)
+    groups = [f"p{i // 20}" for i in range(200)]
+
+    def accuracy(t, s):
+        return float(np.mean((s >= 0.5) == t))
+
+    slices = bootstrap_interval(accuracy, y_true, y_score, repeats=400)
+    patients = group_bootstrap_interval(accuracy, y_true, y_score, groups, repeats=400)
+    assert slices.value == patients.value == pytest.approx(0.7)
+    assert (patients.high - patients.low) > 2 * (slices.high - slices.low)
+    again = group_bootstrap_interval(accuracy, y_true, y_score, groups, repeats=400)
+    assert again == patients
+
+
+def test_group_bootstrap_of_one_patient_per_slice_matches_slice_bootstrap():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 2, 80)
+    y_score = rng.random(80)
+    groups = [str(i) for i in range(80)]
+    a = bootstrap_interval(roc_auc, y_true, y_score, repeats=300, seed=4)
+    b = group_bootstrap_interval(roc_auc, y_true, y_score, groups, repeats=300, seed=4)
+    assert a.value == b.value
+    assert abs((a.high - a.low) - (b.high - b.low)) < 0.05
