@@ -8,11 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# CI checks a fixed set of generated inputs (reproducible); a developer's run explores new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REAL_DATA = Path(os.environ.get("CTDEMO_DATA_DIR", ROOT.parent / "shared" / "data" / "sarscov2-ct"))
 
