@@ -7,6 +7,7 @@ that fail to decode, each with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -121,13 +122,36 @@ def _check_classes(folder: ImageFolder) -> None:
         raise DatasetError(f"These class folders hold no images: {', '.join(empty)}.")
 
 
-def fingerprint(folder: ImageFolder) -> str:
-    """Identity of a dataset's files: relative path, size and modification time of each.
+def fingerprint(folder: ImageFolder, cache_dir: Path | None = None) -> str:
+    """Identity of a dataset's content: relative path, label and bytes of every file.
 
-    Reading every byte of 2,000 scans would cost more than loading the cache; a changed,
-    added or removed file changes its size or time stamp, as `make` and `rsync` assume.
+    A copy of the same files on another machine has the same fingerprint (time stamps differ,
+    content does not), so a model card names its data wherever it is checked. Hashing the
+    1,971 training scans (190 MB) takes about 0.4 s, so the answer is remembered in the cache
+    folder under the files' stat signature: a second load only stats the files.
     """
+    cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
+    memo = cache_dir / "fingerprints" / f"{_stat_signature(folder)}.txt"
+    try:
+        remembered = memo.read_text().strip()
+        if _is_digest(remembered):
+            return remembered
+    except (OSError, UnicodeDecodeError):
+        pass
     digest = hashlib.blake2b(digest_size=16)
+    for path, label in zip(folder.files, folder.labels, strict=True):
+        digest.update(f"{folder.relative(path)}|{label}|".encode())
+        digest.update(hashlib.blake2b(path.read_bytes(), digest_size=16).digest())
+    digest.update(json.dumps(folder.class_names).encode())
+    content = digest.hexdigest()
+    with contextlib.suppress(OSError):  # a read-only disk only costs the next load a hash
+        _write_atomically(memo, lambda stream: stream.write(content.encode()))
+    return content
+
+
+def _stat_signature(folder: ImageFolder) -> str:
+    """Where the files are, and their sizes and modification times: changes when any changes."""
+    digest = hashlib.blake2b(str(folder.root.resolve()).encode(), digest_size=16)
     for path, label in zip(folder.files, folder.labels, strict=True):
         stat = path.stat()
         digest.update(
@@ -135,6 +159,10 @@ def fingerprint(folder: ImageFolder) -> str:
         )
     digest.update(json.dumps(folder.class_names).encode())
     return digest.hexdigest()
+
+
+def _is_digest(text: str) -> bool:
+    return len(text) == 32 and all(character in "0123456789abcdef" for character in text)
 
 
 def _decode_file(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str | None]:
@@ -164,7 +192,7 @@ def load_arrays(
     if not isinstance(folder, ImageFolder):
         folder = scan_image_folder(folder)
     cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
-    identity = fingerprint(folder)
+    identity = fingerprint(folder, cache_dir)
     key = f"{identity}-{size}-v{CACHE_FORMAT}"
     cached = _read_cache(cache_dir, key, folder)
     if cached is not None:

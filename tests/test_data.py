@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ import pytest
 from PIL import Image
 
 from ctdemo import data, paths
-from ctdemo.data import DatasetError, load_arrays, resolve_data_source, scan_image_folder
+from ctdemo.data import (
+    DatasetError,
+    fingerprint,
+    load_arrays,
+    resolve_data_source,
+    scan_image_folder,
+)
 from ctdemo.download import MARKER
 
 from conftest import make_image_folder
@@ -322,6 +329,29 @@ def test_added_file_invalidates_the_cache(tiny_dataset, tmp_path, monkeypatch):
     second = load_arrays(tiny_dataset, SIZE, cache_dir=cache)
     assert len(calls) == 1
     assert len(second) == 49
+
+
+def test_fingerprint_follows_content_not_time_stamps_or_location(tiny_dataset, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_dataset, copy)  # new time stamps, same bytes
+    for path in copy.rglob("*.png"):
+        os.utime(path, ns=(0, 1_000_000_000))
+    original = fingerprint(scan_image_folder(tiny_dataset), tmp_path / "c1")
+    assert fingerprint(scan_image_folder(copy), tmp_path / "c2") == original
+    target = copy / "COVID" / "COVID (3).png"
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(target)
+    os.utime(target, ns=(0, 1_000_000_000))  # same time stamp as before the edit
+    assert fingerprint(scan_image_folder(copy), tmp_path / "c3") != original
+
+
+def test_a_damaged_fingerprint_memo_is_not_trusted(tiny_dataset, tmp_path):
+    cache = tmp_path / "cache"
+    honest = fingerprint(scan_image_folder(tiny_dataset), cache)
+    (memo,) = (cache / "fingerprints").iterdir()
+    memo.write_text("not a digest")
+    assert fingerprint(scan_image_folder(tiny_dataset), cache) == honest
+    memo.write_bytes(b"\xff\xfe")
+    assert fingerprint(scan_image_folder(tiny_dataset), cache) == honest
 
 
 def test_dicom_files_carry_their_patient_group(tmp_path):
