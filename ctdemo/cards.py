@@ -70,6 +70,12 @@ class ModelCard:
         return int(self.input.get("channels", 1))
 
     @property
+    def input_scale(self) -> float:
+        """What our [0, 1] input is multiplied by before the model sees it: 1 for our models,
+        255 for an uploaded model that rescales raw 0-255 pixels itself."""
+        return float(self.input.get("scale", 1.0))
+
+    @property
     def positive_index(self) -> int | None:
         if self.positive_class in self.class_names:
             return self.class_names.index(self.positive_class)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from ctdemo.cards import ModelCard
-from ctdemo.imaging import SliceError, preprocess
+from ctdemo.imaging import SliceError, decode_slice, to_model_input
 from ctdemo.metrics import softmax
 from ctdemo.training import predict_logits
 
@@ -40,6 +40,14 @@ def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return softmax(predict_logits(model, x, BATCH_SIZE).astype(np.float64))
 
 
+def model_input(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
+    """A decoded grey slice in [0, 1] to the input `card`'s model expects: resized, with its
+    channels, times the card's input scale (255 for a model that rescales raw pixels itself)."""
+    x = to_model_input(pixels, card.image_size, card.channels)
+    scale = card.input_scale
+    return x if scale == 1.0 else x * np.float32(scale)
+
+
 def _read_and_preprocess(path: str, card: ModelCard) -> np.ndarray | str:
     """Model input for one file, or the reason it has none."""
     try:
@@ -52,7 +60,7 @@ def _read_and_preprocess(path: str, card: ModelCard) -> np.ndarray | str:
     except OSError as error:
         return f"Could not be read ({error.strerror})."
     try:
-        return preprocess(data, card.image_size, card.channels, filename=os.path.basename(path))
+        return model_input(decode_slice(data, filename=os.path.basename(path)).pixels, card)
     except SliceError as error:
         return str(error)
 
