@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ctdemo.cards import save_model
-    from ctdemo.experiment import train_on_folder
+    from ctdemo.experiment import save_run, train_on_folder
     from ctdemo.models import PRESETS
     from ctdemo.splits import SplitSpec
     from ctdemo.training import TrainConfig
@@ -194,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     if result.stop_reason == "nan":
         raise CliError(result.message)
-    save_model(result.model, card, args.out)
+    save_run(result, card, args.out)
     accuracy = card.validation["accuracy"]
     print(
         f"saved {args.out} (best epoch {result.best_epoch} of {result.epochs_run}, "
@@ -202,6 +201,14 @@ def _train(args: argparse.Namespace) -> int:
         f"[{accuracy['low']:.3f}, {accuracy['high']:.3f}], "
         f"{time.perf_counter() - started:.0f} s)"
     )
+    ood = card.data.get("ood", {})
+    if "threshold" in ood:
+        print(
+            f"saved {ood['file']} (is-this-CT check: distance limit {ood['threshold']:.1f}, "
+            f"accepts {ood['validation_acceptance']:.1%} of the validation slices)"
+        )
+    else:
+        print(f"no is-this-CT check saved: {ood.get('error', 'not fitted')}", file=sys.stderr)
     return 0
 
 

@@ -1,22 +1,23 @@
-"""The whole training run: dataset, split, fit, validation metrics, card.
+"""The whole training run: dataset, split, fit, validation metrics, card, OOD detector.
 
 Shared by the CLI and the Train page, so a model trained in the browser carries the same card
-as the shipped ones.
+(and the same "is this a CT slice?" detector, `ctdemo.ood`) as the shipped ones.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from ctdemo.cards import ModelCard, default_positive_class, preprocessing_spec
+from ctdemo.cards import ModelCard, default_positive_class, preprocessing_spec, save_model
 from ctdemo.data import ArrayDataset, load_arrays
 from ctdemo.inference import probabilities
 from ctdemo.metrics import classification_report
+from ctdemo.ood import OODDetector, detector_layer, fit_detector, ood_path
 from ctdemo.splits import SplitSpec, assign_groups, read_groups_csv, split_indices
 from ctdemo.training import BatchCallback, EpochCallback, TrainConfig, TrainResult, train
 
@@ -26,6 +27,19 @@ class SplitData:
     train: ArrayDataset
     val: ArrayDataset
     spec: SplitSpec  # with group_source filled in
+
+
+NO_DETECTOR = (
+    "no convolutional features: measured on the shipped MLP, its hidden units do not separate "
+    "CT slices from noise or documents, so the app screens uploads with the shipped CNN"
+)
+
+
+@dataclass
+class ExperimentResult(TrainResult):
+    """A training run with the out-of-distribution detector fitted on its own split."""
+
+    detector: OODDetector | None = None
 
 
 def make_split(dataset: ArrayDataset, spec: SplitSpec, groups_csv: Path | None = None) -> SplitData:
@@ -72,7 +86,8 @@ def train_on_arrays(
     on_batch: BatchCallback | None = None,
     stop_event: threading.Event | None = None,
 ) -> tuple[TrainResult, ModelCard]:
-    """Split, train, measure on the validation split, and write the card."""
+    """Split, train, measure on the validation split, and write the card; fit the run's
+    out-of-distribution detector (`result.detector`, summary in `card.data["ood"]`)."""
     split = make_split(dataset, spec, groups_csv)
     result = train(config, split.train, split.val, on_epoch, on_batch, stop_event)
     card = ModelCard(
@@ -104,7 +119,39 @@ def train_on_arrays(
         "also used for early stopping and choosing the best epoch"
     )
     card.validation["files"] = split.val.files
-    return result, card
+    detector = fit_ood(result.model, split, card) if result.stop_reason != "nan" else None
+    values = {item.name: getattr(result, item.name) for item in fields(TrainResult)}
+    return ExperimentResult(**values, detector=detector), card
+
+
+def fit_ood(model: keras.Model, split: SplitData, card: ModelCard) -> OODDetector | None:
+    """Fit the "is this a CT slice?" detector on the run's training and validation slices and
+    record its summary in `card.data["ood"]`; None (and the reason in the card) if it fails."""
+    if detector_layer(model) is None:
+        card.data["ood"] = {"error": NO_DETECTOR}
+        return None
+    try:
+        detector = fit_detector(model, split.train.x, split.val.x)
+    except ValueError as error:
+        card.data["ood"] = {"error": str(error)}
+        return None
+    card.data["ood"] = detector.summary()
+    return detector
+
+
+def save_run(result: TrainResult, card: ModelCard, path: Path | str) -> Path:
+    """Save the model and its card (`save_model`) and, beside them, the run's detector
+    (`ood_path`); a detector left there by an earlier model is removed. Returns the card's path.
+    """
+    detector, target = getattr(result, "detector", None), ood_path(path)
+    if detector is not None:
+        card.data.setdefault("ood", detector.summary())["file"] = target.name
+    card_file = save_model(result.model, card, path)
+    if detector is None:
+        target.unlink(missing_ok=True)
+    else:
+        detector.save(target)
+    return card_file
 
 
 def train_on_folder(
