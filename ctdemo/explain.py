@@ -9,11 +9,13 @@ so an overlay is never squashed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
-import keras
 import numpy as np
 
-from ctdemo.models import LAST_CONV
+if TYPE_CHECKING:  # TensorFlow loads when a model is explained, not when a page paints
+    import keras
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
 METHODS = (*CAM_METHODS, "saliency")
@@ -29,6 +31,10 @@ SMOOTHGRAD_SAMPLES = 20
 
 def last_conv_layer(model: keras.Model) -> str | None:
     """The layer Grad-CAM reads: ours is named `last_conv`; otherwise the last Conv2D."""
+    import keras
+
+    from ctdemo.models import LAST_CONV
+
     names = [layer.name for layer in model.layers]
     if LAST_CONV in names:
         return LAST_CONV
