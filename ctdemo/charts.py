@@ -1,0 +1,68 @@
+"""Plotly figures for the pages: numbers in, figures out, no Streamlit."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from ctdemo.classify import format_probability
+
+PREDICTED_COLOUR = "#d62728"
+OTHER_COLOUR = "#9aa5b1"
+
+
+def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Figure:
+    """One horizontal bar per class, the most probable one highlighted, as percentages."""
+    names = list(probabilities)
+    values = [probabilities[name] for name in names]
+    best = max(range(len(values)), key=values.__getitem__)
+    figure = go.Figure(
+        go.Bar(
+            x=values,
+            y=names,
+            orientation="h",
+            marker_color=[
+                PREDICTED_COLOUR if i == best else OTHER_COLOUR for i in range(len(names))
+            ],
+            text=[format_probability(value) for value in values],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=title or None,
+        xaxis={
+            "range": [0, 1.001],
+            "tickvals": [0, 0.25, 0.5, 0.75, 1],
+            "tickformat": ".0%",
+            "title": "probability",
+        },
+        yaxis={"autorange": "reversed"},
+        height=60 + 40 * len(names),
+        margin={"l": 10, "r": 10, "t": 30 if title else 10, "b": 10},
+        showlegend=False,
+    )
+    return figure
+
+
+def training_curves(history: dict[str, list[float]], metric: str, best_epoch: int = 0) -> go.Figure:
+    """Train and validation `metric` ("loss" or "accuracy") per epoch, the best epoch marked."""
+    figure = go.Figure()
+    for key, name, dash in ((metric, "train", "solid"), (f"val_{metric}", "validation", "dash")):
+        values = history.get(key) or []
+        figure.add_scatter(
+            x=list(range(1, len(values) + 1)),
+            y=values,
+            name=name,
+            mode="lines+markers",
+            line={"dash": dash},
+        )
+    if best_epoch:
+        figure.add_vline(x=best_epoch, line_dash="dot", annotation_text=f"best epoch {best_epoch}")
+    figure.update_layout(
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        height=300,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return figure

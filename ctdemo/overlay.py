@@ -1,0 +1,55 @@
+"""Heatmaps drawn over slices: colour maps, blending, PNG bytes for download."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+COLOUR_MAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+}
+"""Named OpenCV colour maps; jet is what most Grad-CAM figures use, viridis reads in grey."""
+
+
+def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """A grey slice in [0, 1] as an 8-bit RGB image."""
+    grey = np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(grey[..., np.newaxis], 3, axis=-1)
+
+
+def colourise(heatmap: np.ndarray, colour_map: str = "jet") -> np.ndarray:
+    """A heatmap in [0, 1] as an 8-bit RGB image in the named colour map."""
+    if colour_map not in COLOUR_MAPS:
+        raise ValueError(
+            f"Unknown colour map {colour_map!r}; choose from {', '.join(COLOUR_MAPS)}."
+        )
+    levels = np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(levels, COLOUR_MAPS[colour_map])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def blend(
+    pixels: np.ndarray, heatmap: np.ndarray, alpha: float, colour_map: str = "jet"
+) -> np.ndarray:
+    """The slice with the coloured heatmap laid over it at opacity `alpha` (0 = slice only).
+
+    `heatmap` must already be at the slice's own shape (see `explain.to_slice_geometry`).
+    """
+    if heatmap.shape != pixels.shape:
+        raise ValueError(f"Heatmap shape {heatmap.shape} differs from the slice's {pixels.shape}.")
+    alpha = float(np.clip(alpha, 0.0, 1.0))
+    mixed = (1 - alpha) * grey_to_rgb(pixels) + alpha * colourise(heatmap, colour_map)
+    return np.round(mixed).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An 8-bit grey or RGB image encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,159 @@
+"""Cached loaders shared by the pages: the one ctdemo module that knows Streamlit.
+
+Shipped models load once per server process (`st.cache_resource`); explanations are cached by
+what they depend on (model, slice, window, method, class), with a bound and a time-to-live so
+a public server's memory does not grow with its visitors. Models a visitor trains or uploads
+live in that visitor's session only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+
+from ctdemo.cards import ModelCard
+from ctdemo.catalog import shipped_cards
+from ctdemo.paths import WEIGHTS_DIR
+
+if TYPE_CHECKING:
+    import keras
+
+    from ctdemo.ood import OODDetector
+    from ctdemo.uploaded import UploadedModelInfo
+
+SESSION_MODELS = "session_models"
+SHIPPED_PREFIX = "shipped:"
+OWN_PREFIX = "own:"
+SCREENING_MODEL = "cnn"
+THUMBNAIL_SIDE = 160
+OWN_MODEL_FILE = "own_model_file"
+
+
+@dataclass
+class SessionModel:
+    """A model trained or uploaded in this browser session."""
+
+    label: str
+    model: keras.Model
+    card: ModelCard
+
+
+@st.cache_resource(show_spinner="Loading TensorFlow and the model (once per server)…")
+def shipped_model(name: str) -> tuple[keras.Model, ModelCard]:
+    from ctdemo.cards import load_model
+
+    return load_model(WEIGHTS_DIR / f"{name}.keras")
+
+
+@st.cache_resource(show_spinner=False)
+def ct_screen() -> tuple[keras.Model, OODDetector, int] | None:
+    """The shipped CNN's "is this a chest CT slice?" check, used whatever model classifies:
+    its features separate CT from other images, an MLP's do not (see `ctdemo.ood`).
+    (feature extractor, detector, input size), or None when no detector ships."""
+    from ctdemo.ood import feature_extractor, load_detector
+
+    if not (WEIGHTS_DIR / f"{SCREENING_MODEL}.keras").is_file():
+        return None
+    model, card = shipped_model(SCREENING_MODEL)
+    detector = load_detector(WEIGHTS_DIR / f"{SCREENING_MODEL}.keras", model)
+    if detector is None:
+        return None
+    return feature_extractor(model, detector.layer), detector, card.image_size
+
+
+@st.cache_data(show_spinner=False)
+def shipped_labels() -> dict[str, str]:
+    """Model key → label for the shipped models, from their cards (no TensorFlow)."""
+    labels = {}
+    for name, card in shipped_cards().items():
+        kind = card.architecture.get("kind", "?").upper()
+        labels[SHIPPED_PREFIX + name] = f"Shipped {kind} ({name}, {card.image_size} px)"
+    return labels
+
+
+def session_models() -> dict[str, SessionModel]:
+    return st.session_state.setdefault(SESSION_MODELS, {})
+
+
+def add_session_model(key: str, entry: SessionModel) -> None:
+    session_models()[key] = entry
+
+
+def model_labels() -> dict[str, str]:
+    """Every model this visitor can use: shipped ones first, then this session's."""
+    labels = dict(shipped_labels())
+    labels.update({key: entry.label for key, entry in session_models().items()})
+    return labels
+
+
+def get_model(key: str) -> tuple[keras.Model, ModelCard]:
+    if key.startswith(SHIPPED_PREFIX):
+        return shipped_model(key.removeprefix(SHIPPED_PREFIX))
+    entry = session_models()[key]
+    return entry.model, entry.card
+
+
+def read_own_model(data: bytes, filename: str) -> tuple[keras.Model, UploadedModelInfo]:
+    """An uploaded model, read once per session and file (reruns reuse it)."""
+    from ctdemo.uploaded import read_uploaded_model
+
+    file_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    held = st.session_state.get(OWN_MODEL_FILE)
+    if held is None or held[0] != file_digest:
+        st.session_state.pop(OWN_MODEL_FILE, None)  # one upload held at a time
+        st.session_state[OWN_MODEL_FILE] = (file_digest, *read_uploaded_model(data, filename))
+    _, model, info = st.session_state[OWN_MODEL_FILE]
+    return model, info
+
+
+def add_own_model(
+    model: keras.Model,
+    info: UploadedModelInfo,
+    class_names: list[str],
+    outputs: str,
+    positive_class: str | None,
+    input_range_0_255: bool,
+) -> str:
+    """Adapt an uploaded model and make it this session's one own model; returns its key."""
+    from ctdemo.uploaded import adapt_uploaded_model
+
+    adapted, card = adapt_uploaded_model(
+        model, info, class_names, outputs, positive_class, input_range_0_255, info.filename
+    )
+    models = session_models()
+    for key in [key for key in models if key.startswith(OWN_PREFIX)]:
+        del models[key]
+    key = OWN_PREFIX + st.session_state[OWN_MODEL_FILE][0][:12]
+    models[key] = SessionModel(f"Your model ({info.filename})", adapted, card)
+    return key
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thumbnail(path: str, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """A sample scan as an 8-bit square thumbnail (padded, not squashed): a tidy gallery."""
+    from ctdemo.imaging import decode_slice, to_model_input
+
+    pixels = decode_slice(Path(path).read_bytes(), path).pixels
+    return np.round(to_model_input(pixels, side)[..., 0] * 255).astype(np.uint8)
+
+
+@st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
+def explanation(
+    model_key: str,
+    slice_digest: str,
+    window: tuple[float, float],
+    method: str,
+    class_index: int,
+    _model: keras.Model,
+    _image: np.ndarray,
+) -> np.ndarray:
+    """Heatmap at the model's input size; `_model` and `_image` are identified by the keys
+    before them (the leading underscore tells Streamlit not to hash them)."""
+    from ctdemo.explain import explain
+
+    return explain(_model, _image, method, class_index)

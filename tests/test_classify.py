@@ -1,0 +1,107 @@
+"""The Classify page's library: decoding uploads, tables, overlays, figures and card tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctdemo import classify
+from ctdemo.catalog import card_sections, shipped_cards
+from ctdemo.charts import probability_bars, training_curves
+from ctdemo.classify import SliceResult
+from ctdemo.ood import OODResult
+from ctdemo.overlay import blend, colourise, grey_to_rgb, png_bytes
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_decode_files_keeps_going_past_bad_files():
+    good = png(np.full((30, 50), 128, np.uint8))
+    results = classify.decode_files(
+        [("a.png", good), ("empty.png", b""), ("notes.png", b"just text"), ("b.png", good)]
+    )
+    assert [r.error is None for r in results] == [True, False, False, True]
+    assert "empty" in results[1].error and "not an image" in results[2].error.lower()
+    assert results[0].pixels.shape == (30, 50) and results[0].source_format == "PNG"
+    assert results[0].digest == results[3].digest != results[1].digest
+
+
+def test_rows_hide_the_verdict_of_an_out_of_distribution_slice():
+    probabilities = {"COVID": 0.9, "non-COVID": 0.1}
+    flagged = OODResult(distance=40.0, threshold=10.0, flagged=True, reason="far from CT")
+    results = [
+        SliceResult("ok.png", "1", probabilities=probabilities),
+        SliceResult("photo.png", "2", probabilities=probabilities, screening=flagged),
+        SliceResult("bad.png", "3", error="The file is empty (0 bytes)."),
+    ]
+    rows = classify.result_rows(results, ["COVID", "non-COVID"])
+    assert [row["class"] for row in rows] == ["COVID", "", ""]
+    assert rows[0]["P(COVID)"] == 0.9 and rows[2]["P(COVID)"] is None
+    assert rows[1]["status"].startswith("not like a chest CT")
+    assert rows[2]["status"] == "error: The file is empty (0 bytes)."
+    parsed = list(csv.DictReader(io.StringIO(classify.rows_to_csv(rows))))
+    assert [row["file"] for row in parsed] == ["ok.png", "photo.png", "bad.png"]
+    assert classify.rows_to_csv([]) == ""
+
+
+def test_accuracy_statement_says_how_it_was_measured():
+    card = shipped_cards()["cnn"]
+    text = classify.accuracy_statement(card)
+    accuracy = card.validation["accuracy"]
+    assert f"{accuracy['value']:.1%}" in text and "grouped split" in text and "95% CI" in text
+    card.validation = {}
+    assert "unknown" in classify.accuracy_statement(card)
+
+
+def test_blend_runs_from_the_slice_to_the_heatmap():
+    pixels = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
+    heatmap = np.zeros_like(pixels)
+    heatmap[5:10, 5:10] = 1.0
+    assert np.array_equal(blend(pixels, heatmap, 0.0), grey_to_rgb(pixels))
+    assert np.array_equal(blend(pixels, heatmap, 1.0, "viridis"), colourise(heatmap, "viridis"))
+    half = blend(pixels, heatmap, 0.5).astype(int)
+    expected = (grey_to_rgb(pixels).astype(int) + colourise(heatmap).astype(int)) / 2
+    assert np.abs(half - expected).max() <= 1
+    with pytest.raises(ValueError, match="shape"):
+        blend(pixels, heatmap.T, 0.5)
+    with pytest.raises(ValueError, match="colour map"):
+        colourise(heatmap, "rainbow")
+    decoded = Image.open(io.BytesIO(png_bytes(half.astype(np.uint8))))
+    assert decoded.size == (30, 20) and decoded.mode == "RGB"
+
+
+def test_probability_bars_highlight_the_most_probable_class():
+    figure = probability_bars({"COVID": 0.2, "non-COVID": 0.8})
+    bar = figure.data[0]
+    assert list(bar.y) == ["COVID", "non-COVID"] and list(bar.text) == ["20.0%", "80.0%"]
+    certain = probability_bars({"COVID": 0.99996, "non-COVID": 0.00004}).data[0]
+    assert list(certain.text) == [">99.9%", "<0.1%"]
+    assert bar.marker.color[1] != bar.marker.color[0]
+
+
+def test_training_curves_draw_train_and_validation_with_the_best_epoch():
+    history = {"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.7]}
+    figure = training_curves(history, "loss", best_epoch=2)
+    assert [trace.name for trace in figure.data] == ["train", "validation"]
+    assert list(figure.data[1].y) == [1.1, 0.6, 0.7]
+    assert figure.layout.shapes[0].x0 == 2
+
+
+def test_card_sections_read_like_a_card():
+    card = shipped_cards()["cnn"]
+    sections = card_sections(card)
+    assert list(sections) == ["Model", "Training", "Data and split", "Validation (95% intervals)"]
+    model = {row[""]: row["value"] for row in sections["Model"]}
+    assert model["parameters"] == f"{card.parameters:,}" and model["architecture"] == "CNN"
+    validation = {row[""]: row["value"] for row in sections["Validation (95% intervals)"]}
+    assert "95% CI" in validation["accuracy"] and "sensitivity (COVID)" in validation
+    training = {row[""]: row["value"] for row in sections["Training"]}
+    assert "python -m ctdemo train" in training["rebuilt by"]
