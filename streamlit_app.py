@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ctdemo.catalog import shipped_model_summaries
+from ctdemo.classify import CAUTION
 from ctdemo.data import resolve_data_source
 
-st.set_page_config(page_title="ctdemo: how neural networks read chest CT", page_icon="🫁")
-
-st.title("How neural networks read chest CT")
-st.caption(
-    "For teaching and research only: not a medical device, not for diagnosis. "
-    "Accuracy is measured on whole patients the models never saw in training "
-    "(a grouped validation split), because a random split of slices flatters every number."
+st.set_page_config(
+    page_title="ctdemo: how neural networks read chest CT",
+    page_icon=":material/biotech:",
+    layout="wide",
+    menu_items={"About": "ctdemo teaches how neural networks classify chest CT slices. " + CAUTION},
 )
 
-source = resolve_data_source()
-st.write(f"Data: **{source.origin}** (`{source.train_dir}`).")
+pages = [
+    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
+    st.Page("pages/about.py", title="About", icon=":material/info:"),
+]
+navigation = st.navigation(pages)
 
-st.subheader("Shipped models")
-summaries = shipped_model_summaries()
-if summaries:
-    st.dataframe(summaries, hide_index=True, key="shipped_models")
-else:
-    st.info("No shipped models found in weights/. Build them with the commands in the README.")
-st.info("The Classify, Train and Compare pages are on their way.")
+with st.sidebar:
+    st.markdown("### ctdemo")
+    st.caption("How neural networks read chest CT: COVID-19 vs non-COVID on single slices.")
+    source = resolve_data_source()
+    st.caption(f"Data: **{source.origin}**")
+    st.caption(CAUTION)
+
+navigation.run()
