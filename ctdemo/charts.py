@@ -38,7 +38,7 @@ def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Fig
         },
         yaxis={"autorange": "reversed"},
         height=60 + 40 * len(names),
-        margin={"l": 10, "r": 10, "t": 30 if title else 10, "b": 10},
+        margin={"l": 10, "r": 30, "t": 30 if title else 10, "b": 10},
         showlegend=False,
     )
     return figure

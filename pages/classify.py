@@ -107,13 +107,16 @@ def pick(path: str) -> None:
 
 def sample_picker() -> list[tuple[str, bytes]]:
     """One click on a sample scan (and, when configured, on a slice of the full dataset)."""
-    st.markdown("**…or pick a sample scan**: slices of patients the shipped models never saw.")
+    st.markdown(
+        "**…or pick a sample scan**: slices of patients the shipped models never saw, "
+        "captioned with their label."
+    )
     columns = st.columns(3)
     for index, scan in enumerate(samples.sample_scans()):
         with columns[index % 3]:
             st.image(
                 resources.thumbnail(str(scan.path)),
-                caption=f"labelled {scan.label}",
+                caption=scan.label,
                 width="stretch",
             )
             st.button(
