@@ -15,6 +15,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 
 class ArchiveError(ValueError):
@@ -44,9 +45,10 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 
 
 def safe_extract(
-    archive: Path | str, target: Path | str, limits: ArchiveLimits = ArchiveLimits()
+    archive: Path | str | BinaryIO, target: Path | str, limits: ArchiveLimits = ArchiveLimits()
 ) -> int:
-    """Unpack `archive` into `target` (created); returns the number of files written."""
+    """Unpack `archive` (a path, or a seekable binary file such as `io.BytesIO`) into `target`
+    (created); returns the number of files written."""
     target = Path(target)
     try:
         with zipfile.ZipFile(archive) as bundle:

@@ -19,7 +19,14 @@ from ctdemo.inference import probabilities
 from ctdemo.metrics import classification_report
 from ctdemo.ood import OODDetector, detector_layer, fit_detector, ood_path
 from ctdemo.splits import SplitSpec, assign_groups, read_groups_csv, split_indices
-from ctdemo.training import BatchCallback, EpochCallback, TrainConfig, TrainResult, train
+from ctdemo.training import (
+    BatchCallback,
+    EpochCallback,
+    ModelCallback,
+    TrainConfig,
+    TrainResult,
+    train,
+)
 
 
 @dataclass
@@ -85,11 +92,15 @@ def train_on_arrays(
     on_epoch: EpochCallback | None = None,
     on_batch: BatchCallback | None = None,
     stop_event: threading.Event | None = None,
+    on_epoch_model: ModelCallback | None = None,
 ) -> tuple[TrainResult, ModelCard]:
     """Split, train, measure on the validation split, and write the card; fit the run's
-    out-of-distribution detector (`result.detector`, summary in `card.data["ood"]`)."""
+    out-of-distribution detector (`result.detector`, summary in `card.data["ood"]`).
+
+    A run whose loss turned NaN is not measured (its weights may be NaN): its card's
+    `validation` holds the explanation under "error" and it has no detector."""
     split = make_split(dataset, spec, groups_csv)
-    result = train(config, split.train, split.val, on_epoch, on_batch, stop_event)
+    result = train(config, split.train, split.val, on_epoch, on_batch, stop_event, on_epoch_model)
     card = ModelCard(
         name=name,
         class_names=dataset.class_names,
@@ -113,13 +124,17 @@ def train_on_arrays(
         stop_reason=result.stop_reason,
         training_seconds=round(result.seconds, 1),
     )
-    card.validation = evaluate(result.model, card, split.val)
-    card.validation["split"] = (
-        f"{split.spec.method} validation split ({split.spec.group_source}); "
-        "also used for early stopping and choosing the best epoch"
-    )
-    card.validation["files"] = split.val.files
-    detector = fit_ood(result.model, split, card) if result.stop_reason != "nan" else None
+    detector = None
+    if result.stop_reason == "nan":
+        card.validation = {"error": result.message}
+    else:
+        card.validation = evaluate(result.model, card, split.val)
+        card.validation["split"] = (
+            f"{split.spec.method} validation split ({split.spec.group_source}); "
+            "also used for early stopping and choosing the best epoch"
+        )
+        card.validation["files"] = split.val.files
+        detector = fit_ood(result.model, split, card)
     values = {item.name: getattr(result, item.name) for item in fields(TrainResult)}
     return ExperimentResult(**values, detector=detector), card
 

@@ -6,7 +6,8 @@ the saved model holds no augmentation layers. With weight averaging on (the defa
 weights validated, kept and saved are an exponential moving average of the training weights.
 Early stopping watches validation loss and the best epoch's weights are restored however the
 run ends; a stop event is honoured at the next batch; a loss that turns NaN ends the run with
-an explanation.
+an explanation. An epoch hook (`on_epoch_model`) may look at the model as validated at the end
+of each epoch, e.g. to draw where it looks as it learns.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ctdemo.models import Architecture, build_model
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchCallback = Callable[[int, int], None]  # (batches done in this epoch, batches per epoch)
+ModelCallback = Callable[[keras.Model, int], None]  # (the model as validated, 1-based epoch)
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,14 @@ class _Reporter(keras.callbacks.Callback):
         on_epoch: EpochCallback | None,
         on_batch: BatchCallback | None,
         stop_event: threading.Event | None,
+        on_epoch_model: ModelCallback | None = None,
     ):
         super().__init__()
         self.steps = steps
         self.on_epoch = on_epoch
         self.on_batch = on_batch
         self.stop_event = stop_event
+        self.on_epoch_model = on_epoch_model
         self.stop_reason = ""
         self.epoch_started = 0.0
         self.epoch_seconds: list[float] = []
@@ -153,8 +157,47 @@ class _Reporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
+        if self.on_epoch_model is not None:  # before on_epoch: epoch N's extras precede its point
+            self.on_epoch_model(self.model, epoch + 1)
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, {key: float(value) for key, value in (logs or {}).items()})
+
+
+class _SwapAveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's swap of the training and the averaged weights around validation and at epoch
+    ends, done by one compiled function. Keras swaps variable by variable in eager mode: about
+    12 ms a swap on 2 cores, four swaps an epoch, 50 ms or a tenth of an 'mlp'-preset epoch;
+    compiled, under 1 ms. The swap is exact (Keras adds and subtracts, which rounds)."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+        self._swaps: dict[int, Callable[[], None]] = {}
+
+    def _tf_swap_variables(self, optimizer):
+        swap = self._swaps.get(id(optimizer))
+        if swap is None:
+            pairs = [
+                (_tf_variable(variable), _tf_variable(average))
+                for variable, average in zip(
+                    self.model.trainable_variables,
+                    optimizer._model_variables_moving_average,
+                    strict=True,
+                )
+            ]
+
+            @tf.function(autograph=False)
+            def swap():
+                for variable, average in pairs:
+                    held = tf.identity(variable)
+                    variable.assign(average)
+                    average.assign(held)
+
+            self._swaps[id(optimizer)] = swap
+        swap()
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 class _RestoreBest(keras.callbacks.Callback):
@@ -193,6 +236,10 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
+    # Built now, the optimiser's slots exist before the first step, so TensorFlow traces the
+    # training step once, not twice (once more to create variables): the first step of the
+    # 'cnn' preset takes about 1.3 s instead of 2.7 s on 2 cores.
+    optimizer.build(model.trainable_variables)
 
 
 def train(
@@ -202,17 +249,21 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_batch: BatchCallback | None = None,
     stop_event: threading.Event | None = None,
+    on_epoch_model: ModelCallback | None = None,
 ) -> TrainResult:
-    """Train a fresh model of `config.architecture` and return it with its history."""
+    """Train a fresh model of `config.architecture` and return it with its history.
+
+    `on_epoch_model(model, epoch)` is called at the end of every epoch with the weights the
+    validation saw (the averaged ones when weight averaging is on); it must not change them."""
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.architecture, len(train_data.class_names))
     steps = math.ceil(len(train_data) / config.batch_size)
     compile_model(model, config, steps)
-    reporter = _Reporter(steps, on_epoch, on_batch, stop_event)
+    reporter = _Reporter(steps, on_epoch, on_batch, stop_event, on_epoch_model)
     restore = _RestoreBest()
     callbacks: list[keras.callbacks.Callback] = [reporter, restore]
     if config.weight_averaging:  # first, so the others see the averaged weights at epoch end
-        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks.insert(0, _SwapAveragedWeights())
     early_stopping = None
     if config.patience > 0:
         early_stopping = keras.callbacks.EarlyStopping(

@@ -151,3 +151,23 @@ def test_load_refuses_missing_card_and_non_models(tmp_path):
         load_model(bogus)
     with pytest.raises(ModelLoadError, match="No model file"):
         load_model(tmp_path / "absent.keras")
+
+
+def test_the_compiled_weight_swap_trains_like_keras_s(tiny_dataset, monkeypatch):
+    """`_SwapAveragedWeights` swaps in one compiled call; a run must match one with Keras's
+    own SwapEMAWeights (up to Keras's add-and-subtract rounding)."""
+    import keras
+
+    from ctdemo import training
+
+    data = load_arrays(tiny_dataset, 24)
+    config = TrainConfig(TINY_MLP, epochs=3, batch_size=8, patience=0, weight_averaging=True)
+    ours = train(config, data, data)
+    monkeypatch.setattr(
+        training, "_SwapAveragedWeights", lambda: keras.callbacks.SwapEMAWeights(True)
+    )
+    theirs = train(config, data, data)
+    np.testing.assert_allclose(ours.history["val_loss"], theirs.history["val_loss"], rtol=1e-4)
+    assert ours.best_epoch == theirs.best_epoch
+    for mine, keras_s in zip(ours.model.get_weights(), theirs.model.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, keras_s, atol=1e-5)
