@@ -1,0 +1,339 @@
+"""ctdemo.jobs: the training queue, its workers, live progress, stop, failures, expiry.
+
+Queue mechanics run a fake training (gated, instant, no TensorFlow work) so that who waits for
+whom is decided by the test, not by timing; the end-to-end cases train tiny real models.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ctdemo import experiment
+from ctdemo.data import load_arrays
+from ctdemo.jobs import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    AlreadyTraining,
+    QueueFull,
+    TrainingJob,
+    TrainingQueue,
+    default_queue,
+    validation_split,
+)
+from ctdemo.models import Architecture
+from ctdemo.splits import SplitSpec
+from ctdemo.training import TrainConfig
+
+pytestmark = pytest.mark.timeout(120)
+
+TINY_MLP = Architecture("mlp", 24, 0.2, hidden_units=(8,))
+TINY_CNN = Architecture("cnn", 24, 0.1, hidden_units=(8,), filters=(4, 8))
+SPEC = SplitSpec(block_size=4)  # tiny files 1-24 per class: groups of 4 consecutive numbers
+WAIT = 60  # seconds: a broken queue fails the test instead of hanging it
+
+
+def config(architecture=TINY_MLP, **changes) -> TrainConfig:
+    values = {"epochs": 3, "batch_size": 8, "patience": 0, "learning_rate": 3e-3}
+    return TrainConfig(architecture, **{**values, **changes})
+
+
+@pytest.fixture
+def data(tiny_dataset):
+    return load_arrays(tiny_dataset, 24)
+
+
+@pytest.fixture
+def queue():
+    training = TrainingQueue()
+    yield training
+    training.shutdown(timeout=WAIT)
+
+
+class FakeModel:
+    pass
+
+
+class FakeTraining:
+    """Stands in for `experiment.train_on_arrays`: each epoch waits until the test opens the
+    job's gate (or the job is stopped); a job named "boom..." raises at the end."""
+
+    def __init__(self):
+        self.gates: dict[str, threading.Event] = {}
+        self.started: dict[str, threading.Event] = {}
+
+    def gate(self, name: str) -> threading.Event:
+        return self.gates.setdefault(name, threading.Event())
+
+    def start_of(self, name: str) -> threading.Event:
+        return self.started.setdefault(name, threading.Event())
+
+    def __call__(self, dataset, config, spec, name, *, on_epoch, on_batch, stop_event, **_):
+        self.start_of(name).set()
+        history: dict[str, list[float]] = {"loss": [], "val_loss": []}
+        reason = "completed"
+        for epoch in range(1, config.epochs + 1):
+            on_batch(1, 2)
+            while not self.gate(name).wait(0.005) and not stop_event.is_set():
+                pass
+            on_batch(2, 2)
+            logs = {"loss": 1.0 / epoch, "val_loss": 1.0 / epoch}
+            for key, value in logs.items():
+                history[key].append(value)
+            on_epoch(epoch, logs)
+            if stop_event.is_set():
+                reason = "stopped"
+                break
+        if name.startswith("boom"):
+            raise RuntimeError("the fake training broke\nwith a second line")
+        result = SimpleNamespace(
+            model=FakeModel(),
+            history=history,
+            best_epoch=len(history["loss"]),
+            stop_reason=reason,
+            message="Stopped on request." if reason == "stopped" else "",
+        )
+        return result, SimpleNamespace(name=name)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    training = FakeTraining()
+    monkeypatch.setattr(experiment, "train_on_arrays", training)
+    return training
+
+
+def wait_for(condition, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.002)
+
+
+# ------------------------------------------------------------------------------ real training
+
+
+@pytest.mark.slow
+def test_a_job_trains_to_done_with_live_history(queue, data):
+    job = queue.submit("alice", data, config(epochs=6), SPEC, name="live")
+    seen = []
+    while not job.finished:
+        snapshot = job.snapshot()
+        if snapshot.status == RUNNING:
+            seen.append((snapshot.epochs_done, snapshot.progress, snapshot.eta_seconds))
+        time.sleep(0.001)
+    assert job.wait(WAIT)
+    epochs = sorted({epochs for epochs, _, _ in seen if epochs > 0})
+    assert len(epochs) >= 2, f"saw only epochs {epochs} while it ran"
+    progress = [fraction for _, fraction, _ in seen]
+    assert progress == sorted(progress) and all(0 <= f <= 1 for f in progress)
+    assert all(eta is not None and eta >= 0 for done, _, eta in seen if done > 0)
+    final = job.snapshot()
+    assert final.status == DONE and final.finished and final.progress == 1.0
+    assert final.epochs_done == 6 and len(final.epoch_seconds) == 6
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(final.history)
+    assert 1 <= final.best_epoch <= 6 and final.stop_reason == "completed"
+    assert final.position is None and final.elapsed_seconds > 0 and final.has_model
+    assert job.model is not None and job.card is not None and job.result is not None
+    assert job.card.history["loss"] == list(final.history["loss"])
+    assert job.dataset is None  # released: the arrays are not held by a finished job
+
+
+@pytest.mark.slow
+def test_stop_keeps_what_a_running_job_learned(queue, data):
+    job = queue.submit("alice", data, config(epochs=500), SPEC)
+    wait_for(lambda: job.snapshot().epochs_done >= 1)
+    job.stop()
+    assert job.wait(WAIT)
+    snapshot = job.snapshot()
+    assert snapshot.status == STOPPED and snapshot.stop_reason == "stopped"
+    assert 1 <= snapshot.epochs_done < 500 and "best epoch" in snapshot.message
+    assert job.model is not None and job.card is not None
+    assert job.card.stop_reason == "stopped"
+
+
+@pytest.mark.slow
+def test_a_diverging_run_fails_with_the_explanation(queue, data):
+    job = queue.submit("alice", data, config(learning_rate=1e6, weight_averaging=False), SPEC)
+    assert job.wait(WAIT)
+    snapshot = job.snapshot()
+    assert snapshot.status == FAILED and snapshot.stop_reason == "nan"
+    assert "NaN" in snapshot.message and "Lower the learning rate" in snapshot.message
+    assert job.model is None and not snapshot.has_model
+
+
+@pytest.mark.slow
+def test_the_attention_timeline_has_one_frame_per_epoch(queue, data):
+    slices = len(validation_split(data, SPEC).val)
+    job = queue.submit("alice", data, config(TINY_CNN), SPEC, attention_slice=slices - 1)
+    assert job.wait(WAIT)
+    snapshot = job.snapshot()
+    assert snapshot.status == DONE and snapshot.attention_slice == slices - 1
+    assert [frame.epoch for frame in snapshot.frames] == [1, 2, 3]
+    for frame in snapshot.frames:
+        assert frame.heatmap.dtype == np.uint8 and frame.heatmap.shape == (24, 24)
+        assert not frame.heatmap.flags.writeable
+    assert len(job.attention_seconds) == 3
+
+
+def test_a_job_that_cannot_work_is_refused_before_it_waits(queue, data):
+    with pytest.raises(ValueError, match="convolutional"):
+        queue.submit("alice", data, config(TINY_MLP), SPEC, attention_slice=0)
+    with pytest.raises(ValueError, match="validation slices"):
+        queue.submit("alice", data, config(TINY_CNN), SPEC, attention_slice=10_000)
+    with pytest.raises(ValueError, match="no slices for validation"):
+        queue.submit("alice", data, config(), SplitSpec(block_size=25))
+    assert queue.waiting == 0 and queue.running == 0
+
+
+# ------------------------------------------------------------------------------ queue mechanics
+
+
+def test_a_second_owner_waits_in_line_until_the_first_finishes(queue, data, fake):
+    first = queue.submit("alice", data, config(), SPEC, name="first")
+    second = queue.submit("bob", data, config(), SPEC, name="second")
+    assert fake.start_of("first").wait(WAIT)
+    assert first.snapshot().status == RUNNING and first.snapshot().position == 0
+    waiting = second.snapshot()
+    assert waiting.status == QUEUED and waiting.position == 1 and waiting.phase == "waiting"
+    assert waiting.elapsed_seconds == 0 and waiting.eta_seconds is None
+    time.sleep(0.05)
+    assert not fake.start_of("second").is_set(), "two trainings ran at once"
+    fake.gate("first").set()
+    assert first.wait(WAIT) and first.snapshot().status == DONE
+    assert fake.start_of("second").wait(WAIT)
+    fake.gate("second").set()
+    assert second.wait(WAIT) and second.snapshot().status == DONE
+    assert second.model is not None and second.card.name == "second"
+
+
+def test_one_active_job_per_owner_and_a_bounded_line(data, fake):
+    queue = TrainingQueue(max_waiting=2)
+    try:
+        running = queue.submit("alice", data, config(), SPEC, name="a")
+        assert fake.start_of("a").wait(WAIT)
+        with pytest.raises(AlreadyTraining, match="already have a model training"):
+            queue.submit("alice", data, config(), SPEC, name="a2")
+        queue.submit("bob", data, config(), SPEC, name="b")
+        queue.submit("carol", data, config(), SPEC, name="c")
+        with pytest.raises(QueueFull, match="2 trainings are already waiting"):
+            queue.submit("dave", data, config(), SPEC, name="d")
+        assert queue.active_job("alice") is running
+        fake.gate("a").set()
+        assert running.wait(WAIT) and fake.start_of("b").wait(WAIT)
+        again = queue.submit("alice", data, config(), SPEC, name="a3")  # finished: may train again
+        assert again.snapshot().position == 2
+    finally:
+        queue.shutdown(WAIT)
+
+
+def test_stop_on_a_waiting_job_cancels_it_and_the_line_moves_up(queue, data, fake):
+    queue.submit("alice", data, config(), SPEC, name="a")
+    assert fake.start_of("a").wait(WAIT)
+    middle = queue.submit("bob", data, config(), SPEC, name="b")
+    last = queue.submit("carol", data, config(), SPEC, name="c")
+    assert last.snapshot().position == 2
+    middle.stop()
+    assert middle.wait(1)
+    snapshot = middle.snapshot()
+    assert snapshot.status == CANCELLED and snapshot.position is None
+    assert "before it started" in snapshot.message and middle.model is None
+    assert last.snapshot().position == 1 and queue.waiting == 1
+    assert "b" not in fake.started
+
+
+def test_an_exception_fails_the_job_and_the_worker_serves_the_next(queue, data, fake):
+    fake.gate("boom").set()
+    broken = queue.submit("alice", data, config(), SPEC, name="boom")
+    assert broken.wait(WAIT)
+    snapshot = broken.snapshot()
+    assert snapshot.status == FAILED and broken.model is None
+    assert snapshot.message == "Training failed (RuntimeError: the fake training broke)."
+    fake.gate("next").set()
+    following = queue.submit("bob", data, config(), SPEC, name="next")
+    assert following.wait(WAIT) and following.snapshot().status == DONE
+    assert len([t for t in threading.enumerate() if t.name.startswith("ctdemo-training")]) >= 1
+
+
+def test_a_stopped_fake_job_keeps_its_model(queue, data, fake):
+    job = queue.submit("alice", data, config(epochs=50), SPEC, name="long")
+    wait_for(lambda: job.snapshot().batch >= 1)
+    job.stop()
+    assert job.wait(WAIT)
+    assert job.snapshot().status == STOPPED and job.model is not None
+
+
+def test_finished_jobs_expire_after_their_time_to_live(data, fake):
+    now = [1000.0]
+    queue = TrainingQueue(ttl_seconds=60, clock=lambda: now[0])
+    try:
+        fake.gate("a").set()
+        job = queue.submit("alice", data, config(), SPEC, name="a")
+        assert job.wait(WAIT)
+        model = weakref.ref(job.model)
+        now[0] += 59
+        assert queue.purge() == 0 and queue.get(job.id, "alice") is job
+        assert queue.get(job.id, "bob") is None  # not someone else's to collect
+        now[0] += 2
+        assert queue.get(job.id) is None and queue.jobs_of("alice") == []
+        assert job.model is None and job.card is None and job.result is None
+        gc.collect()
+        assert model() is None, "something still holds the expired model"
+    finally:
+        queue.shutdown(WAIT)
+
+
+def test_forget_drops_an_owner_s_jobs_and_stops_a_running_one(queue, data, fake):
+    fake.gate("done").set()
+    finished = queue.submit("alice", data, config(), SPEC, name="done")
+    assert finished.wait(WAIT)
+    model = weakref.ref(finished.model)
+    assert queue.forget("alice") == 1 and queue.jobs_of("alice") == []
+    gc.collect()
+    assert model() is None
+    running = queue.submit("alice", data, config(epochs=50), SPEC, name="running")
+    waiting = queue.submit("bob", data, config(), SPEC, name="bob")
+    wait_for(lambda: running.snapshot().batch >= 1)
+    assert queue.forget("bob") == 1 and waiting.snapshot().status == CANCELLED
+    queue.forget("alice")
+    assert running.wait(WAIT) and running.snapshot().status == STOPPED
+    wait_for(lambda: queue.get(running.id) is None)
+    assert running.model is None
+
+
+def test_a_snapshot_is_a_copy_that_cannot_change_the_job(data):
+    now = [0.0]
+    job = TrainingJob("alice", data, config(epochs=10), SPEC, "x", clock=lambda: now[0])
+    job._start()
+    now[0] = 10.0
+    job._on_epoch(1, {"loss": 0.9, "val_loss": 0.8})
+    now[0] = 30.0
+    job._on_epoch(2, {"loss": 0.7, "val_loss": 0.85})
+    job._on_batch(1, 4)
+    snapshot = job.snapshot()
+    assert snapshot.epoch_seconds == (10.0, 20.0) and snapshot.elapsed_seconds == 30.0
+    assert snapshot.best_epoch == 1 and snapshot.batch == 1 and snapshot.batches == 4
+    assert snapshot.progress == pytest.approx(2.25 / 10)
+    assert snapshot.eta_seconds == pytest.approx(15.0 * (10 - 2.25))
+    with pytest.raises(TypeError):
+        snapshot.history["loss"] = (0.0,)
+    with pytest.raises(AttributeError):
+        snapshot.history["loss"].append(0.0)
+    job._on_epoch(3, {"loss": 0.5, "val_loss": 0.5})
+    assert snapshot.history["loss"] == (0.9, 0.7) and job.snapshot().best_epoch == 3
+
+
+def test_the_default_queue_is_one_per_process():
+    assert default_queue() is default_queue()
+    assert default_queue().slots == 1
