@@ -14,9 +14,12 @@ st.set_page_config(
     menu_items={"About": "ctdemo teaches how neural networks classify chest CT slices. " + CAUTION},
 )
 
+# The pages live in app_pages/, not pages/: Streamlit runs a folder named pages/ as a legacy
+# multipage app on a fresh server's first request, so a shared /train link would skip this file.
 pages = [
-    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
-    st.Page("pages/about.py", title="About", icon=":material/info:"),
+    st.Page("app_pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/about.py", title="About", icon=":material/info:"),
 ]
 navigation = st.navigation(pages)
 
