@@ -6,6 +6,7 @@ nothing downstream guesses the input size, the classes or which output means wha
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 from dataclasses import asdict, dataclass, field
@@ -168,3 +169,23 @@ def load_model(path: Path | str) -> tuple[keras.Model, ModelCard]:
     except Exception as error:
         raise ModelLoadError(f"{path.name} could not be loaded as a Keras model: {error}") from None
     return model, card
+
+
+def model_bundle(model: keras.Model, card: ModelCard) -> bytes:
+    """The model and its card as one zip (`NAME.keras` + `NAME.card.json`), for a download."""
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(prefix="ctdemo-bundle-") as folder:
+        path = Path(folder) / f"{_file_name(card.name)}.keras"
+        card_file = save_model(model, card, path)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+            bundle.write(path, path.name)
+            bundle.write(card_file, card_file.name)
+    return buffer.getvalue()
+
+
+def _file_name(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
+    return safe or "model"

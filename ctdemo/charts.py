@@ -44,8 +44,14 @@ def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Fig
     return figure
 
 
-def training_curves(history: dict[str, list[float]], metric: str, best_epoch: int = 0) -> go.Figure:
-    """Train and validation `metric` ("loss" or "accuracy") per epoch, the best epoch marked."""
+def training_curves(
+    history: dict[str, list[float]],
+    metric: str,
+    best_epoch: int = 0,
+    early_stop_epoch: int | None = None,
+) -> go.Figure:
+    """Train and validation `metric` ("loss" or "accuracy") per epoch, the best epoch (whose
+    weights are kept) and the early-stopping point marked."""
     figure = go.Figure()
     for key, name, dash in ((metric, "train", "solid"), (f"val_{metric}", "validation", "dash")):
         values = history.get(key) or []
@@ -58,11 +64,65 @@ def training_curves(history: dict[str, list[float]], metric: str, best_epoch: in
         )
     if best_epoch:
         figure.add_vline(x=best_epoch, line_dash="dot", annotation_text=f"best epoch {best_epoch}")
+    if early_stop_epoch:
+        figure.add_vline(
+            x=early_stop_epoch,
+            line_dash="dash",
+            line_color="#888",
+            annotation_text="early stop",
+            annotation_position="bottom right",
+        )
     figure.update_layout(
         xaxis_title="epoch",
         yaxis_title=metric,
         height=300,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         legend={"orientation": "h", "y": 1.15},
+    )
+    return figure
+
+
+def confusion_matrix(matrix: list[list[int]], class_names: list[str]) -> go.Figure:
+    """Counts of true (rows) against predicted (columns) classes."""
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=[f"predicted {name}" for name in class_names],
+            y=[f"true {name}" for name in class_names],
+            text=matrix,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    figure.update_layout(
+        height=120 + 60 * len(class_names),
+        yaxis={"autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    )
+    return figure
+
+
+def run_overlay(runs: list[tuple[str, dict]], metric: str) -> go.Figure:
+    """Several runs' train (solid) and validation (dashed) `metric`, one colour per run."""
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+    figure = go.Figure()
+    for index, (label, history) in enumerate(runs):
+        colour = palette[index % len(palette)]
+        for key, dash, suffix in ((metric, "solid", "train"), (f"val_{metric}", "dash", "val")):
+            values = list(history.get(key) or [])
+            figure.add_scatter(
+                x=list(range(1, len(values) + 1)),
+                y=values,
+                name=f"{label} ({suffix})",
+                mode="lines",
+                line={"color": colour, "dash": dash},
+            )
+    figure.update_layout(
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        height=340,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "y": -0.25},
     )
     return figure

@@ -9,6 +9,7 @@ live in that visitor's session only.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,12 +24,21 @@ from ctdemo.paths import WEIGHTS_DIR
 if TYPE_CHECKING:
     import keras
 
+    from ctdemo.data import ArrayDataset
+    from ctdemo.experiment import SplitData
+    from ctdemo.jobs import TrainingQueue
+    from ctdemo.models import Architecture
     from ctdemo.ood import OODDetector
+    from ctdemo.splits import SplitSpec
     from ctdemo.uploaded import UploadedModelInfo
 
 SESSION_MODELS = "session_models"
 SHIPPED_PREFIX = "shipped:"
 OWN_PREFIX = "own:"
+TRAINED_PREFIX = "trained:"
+MAX_TRAINED_MODELS = 3
+OWNER = "owner_id"
+SPLIT_CACHE = "validation_split"
 SCREENING_MODEL = "cnn"
 THUMBNAIL_SIDE = 160
 OWN_MODEL_FILE = "own_model_file"
@@ -157,3 +167,64 @@ def explanation(
     from ctdemo.explain import explain
 
     return explain(_model, _image, method, class_index)
+
+
+def owner_id() -> str:
+    """This browser session's id: it owns its trainings and uploads, and nobody else's."""
+    return st.session_state.setdefault(OWNER, uuid.uuid4().hex)
+
+
+@st.cache_resource(show_spinner=False)
+def training_queue() -> TrainingQueue:
+    """The one training queue of this server process (one training at a time)."""
+    from ctdemo.jobs import default_queue
+
+    return default_queue()
+
+
+@st.cache_resource(max_entries=6, ttl=3600, show_spinner="Decoding the slices (once per size)…")
+def training_arrays(root: str, size: int) -> ArrayDataset:
+    """A dataset's decoded slices at `size`, shared by every session (read-only), with a
+    bound on how many sizes and datasets one process holds."""
+    from ctdemo.data import load_arrays
+
+    return load_arrays(Path(root), size)
+
+
+def add_trained_model(job_id: str, label: str, model: keras.Model, card: ModelCard) -> str:
+    """Put a model trained in this session in its model list (Classify, Compare); the oldest
+    trained ones go beyond MAX_TRAINED_MODELS. Returns its key."""
+    models = session_models()
+    key = TRAINED_PREFIX + job_id
+    models[key] = SessionModel(f"Trained: {label}", model, card)
+    trained = [existing for existing in models if existing.startswith(TRAINED_PREFIX)]
+    for old in trained[:-MAX_TRAINED_MODELS]:
+        del models[old]
+    return key
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def parameter_count(architecture: Architecture, classes: int) -> int:
+    """Parameters of a model before it is trained (built once per architecture)."""
+    from ctdemo.models import build_model
+
+    return int(build_model(architecture, classes).count_params())
+
+
+def validation_split(dataset: ArrayDataset, spec: SplitSpec) -> SplitData:
+    """The split a training on `dataset` will use, kept for this session's last request."""
+    from ctdemo.jobs import validation_split as split_of
+
+    key = (id(dataset), spec)
+    held = st.session_state.get(SPLIT_CACHE)
+    if held is None or held[0] != key:
+        st.session_state[SPLIT_CACHE] = (key, split_of(dataset, spec))
+    return st.session_state[SPLIT_CACHE][1]
+
+
+@st.cache_data(max_entries=4, ttl=600, show_spinner="Packing the model…")
+def model_bundle(job_id: str, _model: keras.Model, _card: ModelCard) -> bytes:
+    """The trained model and its card as a zip, made once per run."""
+    from ctdemo.cards import model_bundle as bundle
+
+    return bundle(_model, _card)

@@ -1,0 +1,404 @@
+"""Train: an MLP or a CNN, live, with sliders, curves that grow epoch by epoch, and lessons."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from ctdemo import resources, runs, train_settings
+from ctdemo.archives import ArchiveError
+from ctdemo.charts import confusion_matrix, run_overlay, training_curves
+from ctdemo.data import DatasetError, resolve_data_source
+from ctdemo.models import PRESETS
+from ctdemo.overlay import blend
+from ctdemo.paths import DEMO_BUNDLE_DIR
+from ctdemo.train_settings import TrainSettings
+
+JOB = "train_job"  # (job id, settings, attention pixels) of this session's running training
+RESULT = "train_result"  # (job id, settings, final snapshot, model, card) of the last run
+FRAMES = "train_frames"  # the last run's attention frames and slice
+LESSON = "train_lesson"  # start a run on this rerun: the last one with the other split
+RUNS = "train_runs"
+SPLIT_HELP = (
+    "Grouped keeps whole patients (blocks of 25 consecutive file numbers) on one side, as a "
+    "new patient would be; random scatters each patient's slices over both sides and flatters "
+    "the validation accuracy."
+)
+
+
+def data_choice() -> tuple[str, str] | None:
+    """(label, dataset root) the person trains on, after showing what it holds."""
+    source = resolve_data_source()
+    options = {"Embedded demo set (300 slices)": str(DEMO_BUNDLE_DIR)}
+    if source.origin != "embedded demo set":
+        options[f"Full dataset ({source.origin})"] = str(source.train_dir)
+    options["Upload a .zip of class folders"] = ""
+    label = st.radio("Data", list(options), key="data")
+    if options[label]:
+        return label, options[label]
+    upload = st.file_uploader("A .zip with one folder per class", type=["zip"], key="data_zip")
+    if upload is None:
+        st.caption("Two or more class folders of PNG, JPEG, TIFF or DICOM slices, 50 MB at most.")
+        return None
+    from ctdemo.dataset_upload import import_zip_dataset
+
+    try:
+        folder = import_zip_dataset(upload.getvalue(), resources.owner_id())
+    except (ArchiveError, DatasetError) as error:
+        st.error(f"This zip cannot be used: {error}")
+        return None
+    return upload.name, str(folder.root)
+
+
+def show_dataset(root: str, size: int) -> object | None:
+    """Classes, counts, a few thumbnails per class, and what was skipped and why."""
+    try:
+        dataset = resources.training_arrays(root, size)
+    except DatasetError as error:
+        st.error(f"This dataset cannot be used: {error}")
+        return None
+    counts = {name: int((dataset.y == i).sum()) for i, name in enumerate(dataset.class_names)}
+    st.caption(
+        f"{len(dataset)} slices: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+    )
+    columns = st.columns(len(dataset.class_names))
+    for index, (column, name) in enumerate(zip(columns, dataset.class_names, strict=True)):
+        examples = [dataset.x[i, ..., 0] for i in (dataset.y == index).nonzero()[0][:3]]
+        column.image(examples, caption=[name] * len(examples), width=64)
+    if dataset.skipped:
+        with st.expander(f"{len(dataset.skipped)} files skipped"):
+            st.dataframe(
+                [{"file": file, "why": why} for file, why in dataset.skipped[:200]],
+                hide_index=True,
+            )
+    if root == str(DEMO_BUNDLE_DIR):
+        st.caption(
+            "The full training set (1,971 slices) gives steadier numbers: "
+            "`python -m ctdemo download`, then restart the app."
+        )
+    return dataset
+
+
+def settings_form(start: TrainSettings) -> TrainSettings | None:
+    """Every hyper-parameter, each with a stable key, starting from the URL's settings."""
+    for name, value in dataclasses.asdict(start).items():
+        if isinstance(value, tuple | list):
+            value = ", ".join(str(v) for v in value)
+        st.session_state.setdefault(f"set_{name}", value)
+    arch = st.selectbox(
+        "Architecture", train_settings.ARCHITECTURES, key="set_arch", on_change=reset_to_preset
+    )
+    st.caption(PRESETS[arch].description)
+    dropout = st.slider("Dropout", 0.0, 0.8, step=0.05, key="set_dropout")
+    epochs = st.slider("Epochs", 1, train_settings.MAX_EPOCHS, key="set_epochs")
+    columns = st.columns(3)
+    lr = columns[0].select_slider(
+        "Learning rate", train_settings.LEARNING_RATES, key="set_lr", format_func="{:g}".format
+    )
+    batch = columns[1].selectbox("Batch size", train_settings.BATCH_SIZES, key="set_batch")
+    size = columns[2].selectbox("Image size", train_settings.IMAGE_SIZES, key="set_size")
+    cnn = PRESETS[arch].architecture.kind == "cnn"
+    columns = st.columns(2)
+    layers_text = columns[0].text_input(
+        "Filters per block" if cnn else "Hidden units per layer", key="set_layers"
+    )
+    dense_text = columns[1].text_input("Dense head units", key="set_dense", disabled=not cnn)
+    columns = st.columns(3)
+    early = columns[0].checkbox("Early stopping", key="set_early")
+    patience = columns[1].slider("Patience", 1, 20, key="set_patience", disabled=not early)
+    augment = columns[2].checkbox("Augmentation", key="set_augment")
+    columns = st.columns(3)
+    split = columns[0].radio("Split", ["grouped", "random"], key="set_split", help=SPLIT_HELP)
+    val = columns[1].slider("Validation fraction", 0.1, 0.4, step=0.05, key="set_val")
+    seed = columns[2].number_input("Seed", 0, 2**31 - 1, step=1, key="set_seed")
+    try:
+        layers = train_settings.parse_units(layers_text)
+        dense = train_settings.parse_units(dense_text, allow_empty=True) if cnn else ()
+    except ValueError as error:
+        st.error(str(error))
+        return None
+    return TrainSettings(
+        arch, dropout, epochs, lr, batch, size, layers, dense, early, patience, augment,
+        val, split, int(seed),
+    )  # fmt: skip
+
+
+def reset_to_preset() -> None:
+    """A new architecture starts from its own preset's settings."""
+    for name, value in dataclasses.asdict(
+        train_settings.defaults(st.session_state["set_arch"])
+    ).items():
+        if name in ("arch", "split", "seed", "val"):
+            continue
+        if isinstance(value, tuple | list):
+            value = ", ".join(str(v) for v in value)
+        st.session_state[f"set_{name}"] = value
+
+
+def cost_line(settings: TrainSettings, dataset) -> None:
+    """Parameters and a rough time per epoch, before anything is trained."""
+    parameters = resources.parameter_count(settings.architecture(), len(dataset.class_names))
+    train_slices = round(len(dataset) * (1 - settings.val))
+    seconds = train_settings.seconds_per_epoch(settings, train_slices)
+    st.caption(
+        f"**{parameters:,} parameters** · about {seconds:.1f} s per epoch on this server "
+        f"({train_slices} training slices), up to {seconds * settings.epochs:.0f} s in all."
+    )
+
+
+def attention_picker(settings: TrainSettings, dataset) -> int | None:
+    """The validation slice whose Grad-CAM is taken every epoch (CNNs only)."""
+    if not settings.is_cnn:
+        st.caption("The attention timeline needs a CNN: an MLP has no convolution to read.")
+        return None
+    split = resources.validation_split(dataset, settings.split_spec())
+    choices = list(range(min(24, len(split.val))))
+    index = st.selectbox(
+        "Attention timeline: watch where the CNN looks at this validation slice",
+        [None, *choices],
+        format_func=lambda i: "off" if i is None else split.val.files[i],
+        key="attention",
+    )
+    if index is not None:
+        st.image(split.val.x[index, ..., 0], width=96, caption=split.val.files[index])
+    return index
+
+
+def start_training(settings: TrainSettings, dataset, attention: int | None) -> None:
+    from ctdemo.jobs import QueueFull
+
+    try:
+        job = resources.training_queue().submit(
+            resources.owner_id(),
+            dataset,
+            settings.config(),
+            settings.split_spec(),
+            name=runs.run_label(settings),
+            attention_slice=attention,
+        )
+    except (QueueFull, ValueError) as error:
+        st.error(str(error))
+        return
+    pixels = None
+    if attention is not None:
+        pixels = resources.validation_split(dataset, settings.split_spec()).val.x[attention, ..., 0]
+    st.session_state[JOB] = (job.id, settings, pixels)
+    st.rerun()  # redraw the buttons: Train off, Stop on
+
+
+def current_job():
+    """This session's latest job (None once collected or dropped), its settings and the
+    attention slice's pixels."""
+    held = st.session_state.get(JOB)
+    if held is None:
+        return None, None, None
+    job_id, settings, pixels = held
+    return resources.training_queue().get(job_id, resources.owner_id()), settings, pixels
+
+
+@st.fragment(run_every=1.0)
+def live_run() -> None:
+    """The run's status, progress and curves, redrawn every second while it goes on."""
+    job, settings, pixels = current_job()
+    if job is None:
+        return
+    snapshot = job.snapshot()
+    if snapshot.status == "queued":
+        st.info(f"Waiting in line: position {snapshot.position}. One training runs at a time.")
+    elif snapshot.status == "running":
+        eta = f", about {snapshot.eta_seconds:.0f} s left" if snapshot.eta_seconds else ""
+        st.progress(
+            snapshot.progress,
+            text=f"Epoch {snapshot.epochs_done + 1} of {snapshot.epochs_total} · batch "
+            f"{snapshot.batch}/{snapshot.batches or '?'} · {snapshot.elapsed_seconds:.0f} s{eta}",
+        )
+    history = {key: list(values) for key, values in snapshot.history.items()}
+    if history:
+        columns = st.columns(2)
+        for column, metric in zip(columns, ("loss", "accuracy"), strict=True):
+            column.plotly_chart(
+                training_curves(history, metric, snapshot.best_epoch, snapshot.early_stop_epoch),
+                key=f"live_{metric}",
+                width="stretch",
+            )
+    if snapshot.frames:
+        show_attention(snapshot.frames, pixels)
+    if snapshot.finished:
+        collect(job, settings, snapshot)
+        st.rerun(scope="app")
+
+
+def show_attention(frames, pixels) -> None:
+    """The attention timeline: the chosen slice with each epoch's Grad-CAM over it."""
+    shown = frames[-12:]
+    st.caption("Where the CNN looks at the chosen slice, epoch by epoch (Grad-CAM, true class)")
+    st.image(
+        [blend(pixels, frame.heatmap / 255.0, 0.5) for frame in shown],
+        caption=[f"epoch {frame.epoch}" for frame in shown],
+        width=96,
+    )
+
+
+def collect(job, settings: TrainSettings, snapshot) -> None:
+    """Move a finished job's model, card and curves into the session and free the queue."""
+    st.session_state[RESULT] = (job.id, settings, snapshot, job.model, job.card)
+    if job.model is not None or snapshot.history:
+        st.session_state[RUNS] = runs.keep(
+            st.session_state.get(RUNS, []), runs.record(job.id, settings, snapshot, job.card)
+        )
+    pixels = st.session_state[JOB][2]
+    st.session_state[FRAMES] = (snapshot.frames, pixels) if snapshot.frames else None
+    del st.session_state[JOB]
+    resources.training_queue().forget(resources.owner_id())
+
+
+def show_result() -> None:
+    """What the last run learned: why it ended, validation metrics, confusion matrix, and
+    what to do with the model."""
+    job_id, settings, snapshot, model, card = st.session_state[RESULT]
+    messages = {
+        "done": st.success,
+        "stopped": st.warning,
+        "failed": st.error,
+        "cancelled": st.info,
+    }
+    ended = snapshot.message or "Training finished."
+    messages.get(snapshot.status, st.info)(
+        f"**{snapshot.status.capitalize()}** after {snapshot.epochs_done} epochs "
+        f"({snapshot.elapsed_seconds:.0f} s). {ended}"
+    )
+    if snapshot.history:
+        history = {key: list(values) for key, values in snapshot.history.items()}
+        columns = st.columns(2)
+        for column, metric in zip(columns, ("loss", "accuracy"), strict=True):
+            column.plotly_chart(
+                training_curves(history, metric, snapshot.best_epoch, snapshot.early_stop_epoch),
+                key=f"final_{metric}",
+                width="stretch",
+            )
+    if st.session_state.get(FRAMES):
+        show_attention(*st.session_state[FRAMES])
+    if model is None or card is None or "accuracy" not in card.validation:
+        return
+    validation = card.validation
+    st.subheader(f"Validation at epoch {card.best_epoch} ({settings.split} split)")
+    columns = st.columns(4)
+    for column, key, name in zip(
+        columns,
+        ("accuracy", "sensitivity", "specificity", "roc_auc"),
+        ("Accuracy", f"Sensitivity ({card.positive_class})", "Specificity", "ROC AUC"),
+        strict=True,
+    ):
+        if key in validation:
+            interval = validation[key]
+            column.metric(
+                name,
+                f"{interval['value']:.1%}" if key != "roc_auc" else f"{interval['value']:.3f}",
+                help=f"95% CI {interval['low']:.3f}–{interval['high']:.3f} "
+                f"on {validation['n']} validation slices",
+            )
+    left, right = st.columns(2)
+    left.plotly_chart(
+        confusion_matrix(validation["confusion_matrix"], card.class_names),
+        key="confusion",
+        width="stretch",
+    )
+    with right:
+        if st.button("Use on Classify", key="use_model", type="primary"):
+            key = resources.add_trained_model(job_id, runs.run_label(settings), model, card)
+            st.session_state["pending_model"] = key
+            st.switch_page("app_pages/classify.py")
+        st.download_button(
+            "Download the model and its card (.zip)",
+            resources.model_bundle(job_id, model, card),
+            file_name=f"ctdemo-{settings.arch}-{job_id}.zip",
+            mime="application/zip",
+            key="download_model",
+        )
+        other = runs.flipped_split(settings).split
+        st.button(
+            f"Train the same with a {other} split",
+            key="lesson",
+            help="The second lesson: how much a random split of slices flatters accuracy.",
+            on_click=queue_lesson,
+            args=(settings,),
+        )
+
+
+def queue_lesson(settings: TrainSettings) -> None:
+    """Repeat the last run with the other split: set the split widget, start on this rerun."""
+    st.session_state["set_split"] = runs.flipped_split(settings).split
+    st.session_state[LESSON] = True
+
+
+def show_runs() -> None:
+    """Several runs' curves overlaid, and the split lesson when a pair is there."""
+    kept = st.session_state.get(RUNS, [])
+    if len(kept) < 2:
+        return
+    st.header("Your runs")
+    labels = [f"{index + 1}. {run.label}" for index, run in enumerate(kept)]
+    chosen = st.multiselect("Overlay", labels, default=labels[-2:], key="overlay_runs")
+    picked = [kept[labels.index(label)] for label in chosen]
+    if picked:
+        columns = st.columns(2)
+        for column, metric in zip(columns, ("loss", "accuracy"), strict=True):
+            column.plotly_chart(
+                run_overlay([(run.label, run.history) for run in picked], metric),
+                key=f"overlay_{metric}",
+                width="stretch",
+            )
+    pair = runs.split_pair(kept)
+    if pair is not None:
+        grouped, random = pair
+        st.subheader("Random against grouped split")
+        columns = st.columns(2)
+        for column, run in zip(columns, (grouped, random), strict=True):
+            accuracy = run.accuracy
+            column.metric(
+                f"{run.settings.split.capitalize()} split: validation accuracy",
+                f"{accuracy['value']:.1%}",
+                help=f"95% CI {accuracy['low']:.1%}–{accuracy['high']:.1%}",
+            )
+        st.markdown(runs.SPLIT_LESSON)
+
+
+# ------------------------------------------------------------------ page
+st.title("Train a model")
+st.caption(
+    "Train an MLP or a CNN on CT slices and watch it learn, epoch by epoch. The first seed "
+    "project asked: did 50% dropout and early stopping make validation loss follow training "
+    "loss? Try dropout 0 and 0.5 and overlay the runs. What you train stays in your session."
+)
+if "set_arch" not in st.session_state:  # a first visit: the URL may carry shared settings
+    start = train_settings.from_query(st.query_params.to_dict())
+else:
+    start = train_settings.defaults()
+controls, panel = st.columns([1, 2], gap="large")
+
+with controls:
+    chosen = data_choice()
+    settings = settings_form(start)
+    dataset = show_dataset(chosen[1], settings.size) if chosen and settings else None
+    if settings is not None:
+        st.query_params.from_dict(settings.to_query())
+    if dataset is not None:
+        cost_line(settings, dataset)
+        attention = attention_picker(settings, dataset)
+    active, _, _ = current_job()
+    busy = active is not None and not active.finished
+    left, right = st.columns(2)
+    pressed = left.button(
+        "Train", key="train", type="primary", disabled=dataset is None or busy, width="stretch"
+    )
+    if right.button("Stop", key="stop", disabled=not busy, width="stretch"):
+        active.stop()
+    if dataset is not None and not busy and (pressed or st.session_state.pop(LESSON, False)):
+        start_training(settings, dataset, attention)
+
+with panel:
+    live_run()
+    if RESULT in st.session_state and current_job()[0] is None:
+        show_result()
+    show_runs()
