@@ -18,6 +18,7 @@ from ctdemo.train_settings import TrainSettings
 JOB = "train_job"  # (job id, settings, attention pixels) of this session's running training
 RESULT = "train_result"  # (job id, settings, final snapshot, model, card) of the last run
 FRAMES = "train_frames"  # the last run's attention frames and slice
+SAVED = "train_settings"  # the last settings, kept when the person visits another page
 LESSON = "train_lesson"  # start a run on this rerun: the last one with the other split
 RUNS = "train_runs"
 SPLIT_HELP = (
@@ -371,10 +372,12 @@ st.caption(
     "project asked: did 50% dropout and early stopping make validation loss follow training "
     "loss? Try dropout 0 and 0.5 and overlay the runs. What you train stays in your session."
 )
-if "set_arch" not in st.session_state:  # a first visit: the URL may carry shared settings
-    start = train_settings.from_query(st.query_params.to_dict())
-else:
+if "set_arch" in st.session_state:  # the widgets hold the settings
     start = train_settings.defaults()
+elif SAVED in st.session_state:  # back from another page: Streamlit dropped the widgets' state
+    start = st.session_state[SAVED]
+else:  # a first visit: the URL may carry shared settings
+    start = train_settings.from_query(st.query_params.to_dict())
 controls, panel = st.columns([1, 2], gap="large")
 
 with controls:
@@ -383,6 +386,7 @@ with controls:
     dataset = show_dataset(chosen[1], settings.size) if chosen and settings else None
     if settings is not None:
         st.query_params.from_dict(settings.to_query())
+        st.session_state[SAVED] = settings
     if dataset is not None:
         cost_line(settings, dataset)
         attention = attention_picker(settings, dataset)

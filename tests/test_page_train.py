@@ -159,3 +159,12 @@ def test_a_malformed_zip_gets_a_clear_error_and_writes_nothing_outside(
     assert len(app.error) == 1 and message in app.error[0].value
     assert not (tmp_path / "evil.png").exists() and not (isolated_home.parent / "evil.png").exists()
     assert app.button(key="train").disabled
+
+
+def test_settings_survive_a_visit_to_another_page():
+    app = open_train()
+    app.slider(key="set_dropout").set_value(0.45).run()
+    app.switch_page("app_pages/classify.py").run()
+    app.switch_page("app_pages/train.py").run()
+    assert not app.exception
+    assert app.slider(key="set_dropout").value == 0.45
