@@ -298,7 +298,6 @@ with inputs:
     else:
         files = sample_picker()
 
-resources.prefetch_tensorflow()  # the page has painted; the first click needs TensorFlow
 with output:
     if not files:
         st.info("Upload a slice or pick a sample scan to see what the model makes of it.")

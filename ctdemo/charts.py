@@ -126,3 +126,113 @@ def run_overlay(runs: list[tuple[str, dict]], metric: str) -> go.Figure:
         legend={"orientation": "h", "y": -0.25},
     )
     return figure
+
+
+MODEL_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+"""One colour per compared model, in the order of `run_overlay`, so a model keeps its colour
+from chart to chart."""
+
+
+def roc_overlay(curves: dict[str, tuple[list[float], list[float], float]]) -> go.Figure:
+    """Several models' ROC curves on the same slices, AUC in the legend, chance dotted."""
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[0, 1],
+        y=[0, 1],
+        name="chance",
+        mode="lines",
+        line={"color": OTHER_COLOUR, "dash": "dot"},
+        hoverinfo="skip",
+    )
+    for index, (name, (fpr, tpr, auc)) in enumerate(curves.items()):
+        label = name if auc is None or auc != auc else f"{name} (AUC {auc:.3f})"
+        figure.add_scatter(
+            x=list(fpr),
+            y=list(tpr),
+            name=label,
+            mode="lines",
+            line={"color": MODEL_PALETTE[index % len(MODEL_PALETTE)], "shape": "hv"},
+            hovertemplate="false-positive rate %{x:.1%}<br>sensitivity %{y:.1%}<extra></extra>",
+        )
+    figure.update_layout(
+        xaxis={
+            "title": "false-positive rate (1 − specificity)",
+            "range": [0, 1],
+            "tickformat": ".0%",
+        },
+        yaxis={"title": "sensitivity", "range": [0, 1.02], "tickformat": ".0%"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def reliability_diagram(calibration: dict[str, list[dict]]) -> go.Figure:
+    """Mean predicted probability against observed frequency per bin (`metrics.
+    reliability_bins`), one line per model; marker size and hover give each bin's count.
+    Empty bins are left out; a calibrated model lies on the dotted diagonal."""
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[0, 1],
+        y=[0, 1],
+        name="perfectly calibrated",
+        mode="lines",
+        line={"color": OTHER_COLOUR, "dash": "dot"},
+        hoverinfo="skip",
+    )
+    largest = max((row["count"] for rows in calibration.values() for row in rows), default=1) or 1
+    for index, (name, rows) in enumerate(calibration.items()):
+        filled = [row for row in rows if row["count"]]
+        figure.add_scatter(
+            x=[row["mean_predicted"] for row in filled],
+            y=[row["observed"] for row in filled],
+            customdata=[row["count"] for row in filled],
+            name=name,
+            mode="lines+markers",
+            marker={"size": [6 + 14 * (row["count"] / largest) ** 0.5 for row in filled]},
+            line={"color": MODEL_PALETTE[index % len(MODEL_PALETTE)]},
+            hovertemplate=(
+                "predicted %{x:.1%}<br>observed %{y:.1%}<br>%{customdata} slices<extra></extra>"
+            ),
+        )
+    figure.update_layout(
+        xaxis={"title": "mean predicted probability", "range": [0, 1], "tickformat": ".0%"},
+        yaxis={"title": "observed frequency", "range": [0, 1.02], "tickformat": ".0%"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def confusion_matrices(
+    panels: dict[str, tuple[list[list[int]], list[str], list[str]]],
+) -> go.Figure:
+    """`confusion_matrix` for several models side by side, one panel per model:
+    model -> (counts, true class names (rows), predicted class names (columns))."""
+    from plotly.subplots import make_subplots
+
+    names = list(panels)
+    figure = make_subplots(
+        rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.12
+    )
+    for column, name in enumerate(names, start=1):
+        matrix, true_names, predicted_names = panels[name]
+        figure.add_trace(
+            go.Heatmap(
+                z=matrix,
+                x=[f"predicted {c}" for c in predicted_names],
+                y=[f"true {c}" for c in true_names],
+                text=matrix,
+                texttemplate="%{text}",
+                colorscale="Blues",
+                showscale=False,
+            ),
+            row=1,
+            col=column,
+        )
+        figure.update_yaxes(autorange="reversed", row=1, col=column, showticklabels=column == 1)
+    rows = max((len(panel[1]) for panel in panels.values()), default=2)
+    figure.update_layout(height=150 + 60 * rows, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return figure

@@ -75,16 +75,14 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
 
 def _mid_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks (vectorised: the bootstrap
+    calls this a thousand times per interval)."""
     order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=float)
     sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
+    starts = np.r_[0, np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1]
+    ends = np.r_[starts[1:], len(values)] - 1
+    ranks = np.empty(len(values), dtype=float)
+    ranks[order] = np.repeat((starts + ends) / 2 + 1, ends - starts + 1)
     return ranks
 
 
@@ -121,6 +119,33 @@ def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, bins: int
         if members.any():
             error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
     return float(error)
+
+
+def reliability_bins(y_true: np.ndarray, y_score: np.ndarray, bins: int = 10) -> list[dict]:
+    """Calibration in equal-width score bins: for each bin, how many slices fell in it, their
+    mean predicted probability and the observed frequency of the outcome (`y_true` 0/1).
+
+    A calibrated model's points lie on the diagonal. Bins are closed on the right, as in
+    `expected_calibration_error`: (0.1, 0.2] is the second of ten, and 0 joins the first.
+    Empty bins are kept, with None for both means, so every model has the same bins."""
+    y_true = np.asarray(y_true, float)
+    y_score = np.asarray(y_score, float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(y_score, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": count,
+                "mean_predicted": float(y_score[members].mean()) if count else None,
+                "observed": float(y_true[members].mean()) if count else None,
+            }
+        )
+    return rows
 
 
 def bootstrap_interval(

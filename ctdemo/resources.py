@@ -9,7 +9,6 @@ live in that visitor's session only.
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,24 +51,6 @@ class SessionModel:
     label: str
     model: keras.Model
     card: ModelCard
-
-
-_prefetch_started = threading.Event()
-
-
-def prefetch_tensorflow() -> None:
-    """Import TensorFlow, Keras and tf-keras-vis on a background thread, once per process,
-    after a page has painted: the first click then waits for a model, not for imports."""
-    if not _prefetch_started.is_set():
-        _prefetch_started.set()
-        threading.Thread(target=_import_model_stack, name="ctdemo-prefetch", daemon=True).start()
-
-
-def _import_model_stack() -> None:
-    import tf_keras_vis.gradcam  # noqa: F401  (imports TensorFlow and Keras)
-
-    import ctdemo.inference
-    import ctdemo.ood  # noqa: F401
 
 
 @st.cache_resource(show_spinner="Loading TensorFlow and the model (once per server)…")

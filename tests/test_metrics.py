@@ -17,6 +17,7 @@ from ctdemo.metrics import (
     f1_score,
     group_bootstrap_interval,
     mcnemar_exact,
+    reliability_bins,
     roc_auc,
     roc_curve,
     softmax,
@@ -172,6 +173,31 @@ def test_expected_calibration_error_single_bin_is_accuracy_gap():
 def test_expected_calibration_error_perfect_and_empty():
     assert expected_calibration_error([0, 1, 1], np.eye(2)[[0, 1, 1]]) == pytest.approx(0.0)
     assert math.isnan(expected_calibration_error([], np.zeros((0, 2))))
+
+
+def test_reliability_bins_hand_case():
+    # four bins, closed on the right: (0, .25] (0 joins it), (.25, .5], (.5, .75], (.75, 1]
+    scores = [0.0, 0.1, 0.25, 0.3, 0.8, 0.9, 1.0]
+    outcome = [0, 1, 0, 1, 1, 1, 0]
+    bins = reliability_bins(outcome, scores, bins=4)
+    assert [(b["low"], b["high"]) for b in bins] == [(0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1)]
+    assert [b["count"] for b in bins] == [3, 1, 0, 3]
+    assert bins[0]["mean_predicted"] == pytest.approx(0.35 / 3)
+    assert bins[0]["observed"] == pytest.approx(1 / 3)
+    assert (bins[1]["mean_predicted"], bins[1]["observed"]) == (pytest.approx(0.3), 1.0)
+    assert bins[2]["mean_predicted"] is None and bins[2]["observed"] is None
+    assert bins[3]["mean_predicted"] == pytest.approx(0.9)
+    assert bins[3]["observed"] == pytest.approx(2 / 3)
+
+
+def test_reliability_bins_of_a_calibrated_score_lie_on_the_diagonal():
+    # in each bin, the outcome's frequency equals the score
+    scores = np.repeat([0.05, 0.45, 0.85], 20)
+    outcome = np.r_[np.arange(20) < 1, np.arange(20) < 9, np.arange(20) < 17]
+    filled = [b for b in reliability_bins(outcome, scores) if b["count"]]
+    assert [b["count"] for b in filled] == [20, 20, 20]
+    for b in filled:
+        assert b["observed"] == pytest.approx(b["mean_predicted"])
 
 
 # ---------------------------------------------------------------------------- McNemar
