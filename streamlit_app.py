@@ -19,6 +19,7 @@ st.set_page_config(
 pages = [
     st.Page("app_pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("app_pages/about.py", title="About", icon=":material/info:"),
 ]
 navigation = st.navigation(pages)

@@ -24,6 +24,7 @@ from ctdemo.paths import WEIGHTS_DIR
 if TYPE_CHECKING:
     import keras
 
+    from ctdemo.compare import Comparison
     from ctdemo.data import ArrayDataset
     from ctdemo.experiment import SplitData
     from ctdemo.jobs import TrainingQueue
@@ -228,3 +229,25 @@ def model_bundle(job_id: str, _model: keras.Model, _card: ModelCard) -> bytes:
     from ctdemo.cards import model_bundle as bundle
 
     return bundle(_model, _card)
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner="Evaluating the models on the same slices…")
+def comparison(
+    model_keys: tuple[str, ...], root: str, files: tuple[str, ...], _models: dict
+) -> Comparison:
+    """Every chosen model on the same slices, computed once per (models, slices): the keys
+    identify `_models` (not hashed)."""
+    from ctdemo.compare import evaluate_models
+    from ctdemo.data import scan_image_folder
+
+    folder = scan_image_folder(root)
+    keep = set(files)
+    chosen = [i for i, path in enumerate(folder.files) if folder.relative(path) in keep]
+    folder.files = [folder.files[i] for i in chosen]
+    folder.labels = folder.labels[chosen]
+    model_files = {  # shipped models are named by their file's stem on the page
+        key.removeprefix(SHIPPED_PREFIX): WEIGHTS_DIR / f"{key.removeprefix(SHIPPED_PREFIX)}.keras"
+        for key in model_keys
+        if key.startswith(SHIPPED_PREFIX)
+    }
+    return evaluate_models(_models, folder, model_files=model_files)
