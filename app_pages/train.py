@@ -310,6 +310,9 @@ def show_result() -> None:
             key = resources.add_trained_model(job_id, runs.run_label(settings), model, card)
             st.session_state["pending_model"] = key
             st.switch_page("app_pages/classify.py")
+        if st.button("Add to Compare", key="add_compare"):
+            resources.add_trained_model(job_id, runs.run_label(settings), model, card)
+            st.success("Added: it is in the model lists of Compare and Classify.")
         st.download_button(
             "Download the model and its card (.zip)",
             resources.model_bundle(job_id, model, card),

@@ -88,6 +88,11 @@ def test_training_grows_the_curves_and_ends_with_metrics(tiny_data):
     assert "Done" in app.success[0].value
     assert {metric.label for metric in app.metric} >= {"Accuracy", "Specificity", "ROC AUC"}
     assert app.get("download_button") and app.button(key="use_model")
+    app.button(key="add_compare").click().run()
+    assert any("Compare" in message.value for message in app.success)
+    app.switch_page("app_pages/compare.py").run()
+    assert any("Trained:" in label for label in app.multiselect(key="compare_models").options)
+    app.switch_page("app_pages/train.py").run()
     app.button(key="use_model").click().run()
     assert not app.exception
     assert app.selectbox(key="model").value.startswith("trained:")
