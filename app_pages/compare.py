@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from ctdemo import compare, resources
@@ -17,6 +18,7 @@ from ctdemo.overlay import blend
 from ctdemo.paths import DEMO_BUNDLE_DIR
 
 MAX_DISAGREEMENTS = 8
+BETTER_STYLE = "background-color: #d8f0dc; font-weight: bold"
 
 
 def short_name(key: str, label: str) -> str:
@@ -126,7 +128,17 @@ st.caption(
 )
 table = compare.metrics_table(result)
 st.subheader("Metrics")
-st.dataframe(compare.display_rows(table, result.names), hide_index=True, key="metrics_table")
+display = pd.DataFrame(compare.display_rows(table, result.names))
+better = [row.get("better") for row in table]  # set only when the paired test says so
+st.dataframe(
+    display.style.apply(
+        lambda row: [BETTER_STYLE if column == better[row.name] else "" for column in row.index],
+        axis=1,
+    ),
+    hide_index=True,
+    height=35 * (len(display) + 1) + 3,
+    key="metrics_table",
+)
 st.caption(
     "A model is called better in a row only when a paired test says so (p < 0.05): McNemar's "
     "exact test on the same slices for accuracy, sensitivity and specificity; a paired "
