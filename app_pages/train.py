@@ -105,10 +105,10 @@ def settings_form(start: TrainSettings) -> TrainSettings | None:
         "Filters per block" if cnn else "Hidden units per layer", key="set_layers"
     )
     dense_text = columns[1].text_input("Dense head units", key="set_dense", disabled=not cnn)
-    columns = st.columns(3)
+    columns = st.columns(2)
     early = columns[0].checkbox("Early stopping", key="set_early")
+    augment = columns[0].checkbox("Augmentation", key="set_augment")
     patience = columns[1].slider("Patience", 1, 20, key="set_patience", disabled=not early)
-    augment = columns[2].checkbox("Augmentation", key="set_augment")
     columns = st.columns(3)
     split = columns[0].radio("Split", ["grouped", "random"], key="set_split", help=SPLIT_HELP)
     val = columns[1].slider("Validation fraction", 0.1, 0.4, step=0.05, key="set_val")
