@@ -198,9 +198,17 @@ def current_job():
     return resources.training_queue().get(job_id, resources.owner_id()), settings, pixels
 
 
-@st.fragment(run_every=1.0)
 def live_run() -> None:
-    """The run's status, progress and curves, redrawn every second while it goes on."""
+    """The run's status, progress and curves: redrawn every second while a run waits or
+    trains, and not at all otherwise (an idle page must not rerun, nor cost the server CPU)."""
+    job = current_job()[0]
+    if job is not None and not job.finished:
+        st.fragment(live_panel, run_every=1.0)()
+    elif job is not None:
+        live_panel()
+
+
+def live_panel() -> None:
     job, settings, pixels = current_job()
     if job is None:
         return

@@ -209,7 +209,8 @@ class TrainingJob:
         elapsed = 0.0 if started is None else (finished if finished is not None else now) - started
         eta = None
         if status == RUNNING and epoch_seconds:
-            eta = statistics.median(epoch_seconds) * max(0.0, total - epochs_done - within)
+            typical = epoch_seconds[1:] or epoch_seconds  # the first epoch also traces the graph
+            eta = statistics.median(typical) * max(0.0, total - epochs_done - within)
         return JobSnapshot(
             id=self.id,
             owner=self.owner,
