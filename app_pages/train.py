@@ -396,7 +396,8 @@ with controls:
     settings = settings_form(start)
     dataset = show_dataset(chosen[1], settings.size) if chosen and settings else None
     if settings is not None:
-        st.query_params.from_dict(settings.to_query())
+        if st.query_params.to_dict() != settings.to_query():  # no URL message when unchanged
+            st.query_params.from_dict(settings.to_query())
         st.session_state[SAVED] = settings
     if dataset is not None:
         cost_line(settings, dataset)
