@@ -150,6 +150,8 @@ def load_model(path: Path | str) -> tuple[keras.Model, ModelCard]:
     """Load a model saved by `save_model`, in Keras safe mode (no code from the file runs)."""
     import keras
 
+    import ctdemo.features  # noqa: F401  (registers the distribution MLP's input layer)
+
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"No model file at {path}.")

@@ -37,8 +37,9 @@ class SplitData:
 
 
 NO_DETECTOR = (
-    "no convolutional features: measured on the shipped MLP, its hidden units do not separate "
-    "CT slices from noise or documents, so the app screens uploads with the shipped CNN"
+    "an MLP has no convolutional features to measure distances in (measured on a pixel MLP, "
+    "its hidden units did not separate CT slices from noise or documents), so the app screens "
+    "uploads with the shipped CNN"
 )
 
 

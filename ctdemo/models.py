@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import keras
 from keras import layers
 
+from ctdemo.features import IntensityEdgeQuantiles
+
 LAST_CONV = "last_conv"
 """Name of a CNN's last convolution, where Grad-CAM looks."""
 
@@ -31,6 +33,7 @@ class Architecture:
     filters: tuple[int, ...] = ()  # cnn: one block per entry
     convs_per_block: int = 1
     batch_norm: bool = True
+    features: str = "pixels"  # mlp: "pixels" (flattened) or "distribution" (ctdemo.features)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,8 +67,9 @@ PRESETS: dict[str, Preset] = {
     for preset in (
         Preset(
             "mlp",
-            "Our MLP: 4 hidden ReLU layers on 32x32 slices, dropout 0.5, strong weight decay.",
-            Architecture("mlp", 32, 0.5, hidden_units=(256, 128, 64, 32)),
+            "Our MLP: 4 hidden ReLU layers over what is in a 32x32 slice, not where (its "
+            "intensity and edge-strength quantiles), dropout 0.5, strong weight decay.",
+            Architecture("mlp", 32, 0.5, hidden_units=(256, 128, 64, 32), features="distribution"),
             epochs=50,
             learning_rate=1e-3,
             patience=10,
@@ -130,7 +134,11 @@ and an intensity gamma erased the density cue that separates the classes. It sta
 def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
     if architecture.kind == "mlp":
         return build_mlp(
-            architecture.image_size, num_classes, architecture.hidden_units, architecture.dropout
+            architecture.image_size,
+            num_classes,
+            architecture.hidden_units,
+            architecture.dropout,
+            architecture.features,
         )
     if architecture.kind == "cnn":
         return build_cnn(
@@ -153,12 +161,29 @@ def _standardised_input(image_size: int) -> tuple[keras.KerasTensor, keras.Keras
     return slices, standardised
 
 
+MLP_FEATURES = ("pixels", "distribution")
+
+
 def build_mlp(
-    image_size: int, num_classes: int, hidden_units: tuple[int, ...], dropout: float
+    image_size: int,
+    num_classes: int,
+    hidden_units: tuple[int, ...],
+    dropout: float,
+    features: str = "pixels",
 ) -> keras.Model:
-    """Flattened pixels through ReLU layers, each followed by dropout, to class logits."""
-    slices, x = _standardised_input(image_size)
-    x = layers.Flatten(name="pixels")(x)
+    """Input features through ReLU layers, each followed by dropout, to class logits.
+
+    `features`: "pixels", the standardised slice flattened (what the first seed did), or
+    "distribution", its intensity and edge-strength quantiles (`IntensityEdgeQuantiles`)."""
+    if features == "pixels":
+        slices, x = _standardised_input(image_size)
+        x = layers.Flatten(name="pixels")(x)
+    elif features == "distribution":
+        slices = keras.Input((image_size, image_size, 1), name="slice")
+        x = IntensityEdgeQuantiles(name="distribution")(slices)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="distribution_norm")(x)
+    else:
+        raise ValueError(f"Unknown MLP features {features!r} (one of {', '.join(MLP_FEATURES)}).")
     for index, units in enumerate(hidden_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"hidden_{index}")(x)
         x = layers.Dropout(dropout, name=f"dropout_{index}")(x)

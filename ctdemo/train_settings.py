@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from ctdemo.features import DEFAULT_QUANTILES
 from ctdemo.models import PRESETS, Architecture
 from ctdemo.splits import SPLIT_METHODS, SplitSpec
 from ctdemo.training import TrainConfig
@@ -196,7 +197,7 @@ def forward_flops(architecture: Architecture) -> float:
     """Multiply-adds × 2 of one slice through the network (convolutions and dense layers)."""
     size, flops = architecture.image_size, 0.0
     if architecture.kind == "mlp":
-        width = size * size
+        width = size * size if architecture.features == "pixels" else 2 * DEFAULT_QUANTILES
         for units in (*architecture.hidden_units, 2):
             flops += 2 * width * units
             width = units

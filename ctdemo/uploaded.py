@@ -30,6 +30,7 @@ import numpy as np
 
 from ctdemo import cards
 from ctdemo.cards import ModelCard, ModelLoadError, default_positive_class, preprocessing_spec
+from ctdemo.features import OWN_LAYERS
 
 SUFFIXES = (".keras", ".h5")
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -316,6 +317,8 @@ def _check_object(item: dict, filename: str) -> None:
         )
     if class_name in _SERIALISATION_MARKERS:
         return
+    if OWN_LAYERS.get(registered) == (module, class_name):
+        return  # our own layer: its code is ours, its config numbers
     custom = (
         ">" in class_name
         or registered not in (None, class_name, "function")
@@ -396,7 +399,7 @@ def _operation_class_names() -> set[str]:
 
 def _registered_names() -> frozenset[str]:
     """Names of objects registered in this process: a config string naming one would load it."""
-    return frozenset(keras.saving.get_custom_objects())
+    return frozenset(keras.saving.get_custom_objects()) - OWN_LAYERS.keys()
 
 
 # --- loading -----------------------------------------------------------------------------------

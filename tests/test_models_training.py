@@ -171,3 +171,20 @@ def test_the_compiled_weight_swap_trains_like_keras_s(tiny_dataset, monkeypatch)
     assert ours.best_epoch == theirs.best_epoch
     for mine, keras_s in zip(ours.model.get_weights(), theirs.model.get_weights(), strict=True):
         np.testing.assert_allclose(mine, keras_s, atol=1e-5)
+
+
+def test_distribution_features_are_quantiles_that_ignore_where_pixels_are():
+    from ctdemo.features import IntensityEdgeQuantiles
+
+    rng = np.random.default_rng(3)
+    image = rng.random((1, 12, 12, 1)).astype("float32")
+    features = np.asarray(IntensityEdgeQuantiles(quantiles=144)(image))[0]
+    np.testing.assert_allclose(features[:144], np.sort(image.ravel()), atol=1e-6)
+    grey = image[0, :, :, 0]
+    dx, dy = grey[:-1, 1:] - grey[:-1, :-1], grey[1:, :-1] - grey[:-1, :-1]
+    edges = np.sort(np.sqrt(dx**2 + dy**2 + 1e-6).ravel())
+    np.testing.assert_allclose(features[144:], edges[np.linspace(0, 120, 144).round().astype(int)])
+    # The intensity quantiles ignore where the pixels are: shuffling them changes nothing.
+    shuffled = rng.permutation(image.ravel()).reshape(image.shape)
+    layer = IntensityEdgeQuantiles(quantiles=16)
+    np.testing.assert_allclose(layer(shuffled)[0, :16], layer(image)[0, :16], atol=1e-6)

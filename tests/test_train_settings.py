@@ -66,8 +66,10 @@ def test_units_are_parsed_with_a_message_for_people():
 
 
 def test_flops_count_a_dense_layer_by_hand():
-    settings = TrainSettings(arch="mlp", size=24, layers=(10,), dense=())
-    assert forward_flops(settings.architecture()) == 2 * 576 * 10 + 2 * 10 * 2
+    pixels = TrainSettings(arch="seed-1-mlp", size=24, layers=(10,), dense=())
+    assert forward_flops(pixels.architecture()) == 2 * 576 * 10 + 2 * 10 * 2
+    distribution = TrainSettings(arch="mlp", size=24, layers=(10,), dense=())
+    assert forward_flops(distribution.architecture()) == 2 * 256 * 10 + 2 * 10 * 2
 
 
 def test_epoch_estimate_is_in_the_measured_ballpark():
@@ -80,5 +82,7 @@ def test_epoch_estimate_is_in_the_measured_ballpark():
 def test_parameter_count_matches_the_built_model():
     settings = defaults("mlp")
     model = build_model(settings.architecture(), 2)
-    expected = 32 * 32 * 256 + 256 + 256 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32 + 32 * 2 + 2
+    features = 2 * 128  # intensity and edge quantiles, then batch norm (4 numbers each)
+    dense = features * 256 + 256 + 256 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32 + 32 * 2 + 2
+    expected = 4 * features + dense
     assert model.count_params() == expected

@@ -477,3 +477,26 @@ def test_inference_multiplies_inputs_by_the_cards_scale(tmp_path):
     assert unscaled.input_scale == 1.0
     np.testing.assert_array_equal(model_input(pixels[0], unscaled), to_model_input(pixels[0], 16))
     assert json.loads(card.to_json())["input"]["scale"] == 255.0
+
+
+def test_our_own_distribution_mlp_is_accepted_and_explained(tmp_path):
+    from ctdemo.models import build_mlp
+
+    model = build_mlp(16, 2, (8,), 0.5, features="distribution")
+    loaded, info = read_uploaded_model(saved(model, tmp_path, "ours.keras"), "ours.keras")
+    adapted, _ = adapt_uploaded_model(loaded, info, ["COVID", "non-COVID"], "logits")
+    x = random_images(16, 1)
+    np.testing.assert_allclose(predict(adapted, x), predict(model, x), atol=1e-5)
+    assert_flat(adapted)
+    assert_unit_heatmap(adapted, x[0], "saliency", 16)
+
+
+def test_a_forged_module_behind_our_layers_name_is_refused():
+    config = {
+        "class_name": "IntensityEdgeQuantiles",
+        "module": "os",
+        "registered_name": "ctdemo>IntensityEdgeQuantiles",
+        "config": {"quantiles": 8},
+    }
+    with pytest.raises(ModelLoadError, match=CUSTOM_REFUSAL):
+        check_architecture(config)
