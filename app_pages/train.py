@@ -13,6 +13,7 @@ from ctdemo.data import DatasetError, resolve_data_source
 from ctdemo.models import PRESETS
 from ctdemo.overlay import blend
 from ctdemo.paths import DEMO_BUNDLE_DIR
+from ctdemo.splits import SPLIT_METHODS
 from ctdemo.train_settings import TrainSettings
 
 JOB = "train_job"  # (job id, settings, attention pixels) of this session's running training
@@ -57,7 +58,8 @@ def show_dataset(root: str, size: int) -> object | None:
     try:
         dataset = resources.training_arrays(root, size)
     except DatasetError as error:
-        st.error(f"This dataset cannot be used: {error}")
+        message = str(error).replace(root, "the dataset folder")  # no server paths on the page
+        st.error(f"This dataset cannot be used: {message}")
         return None
     counts = {name: int((dataset.y == i).sum()) for i, name in enumerate(dataset.class_names)}
     st.caption(
@@ -82,37 +84,77 @@ def show_dataset(root: str, size: int) -> object | None:
 
 
 def settings_form(start: TrainSettings) -> TrainSettings | None:
-    """Every hyper-parameter, each with a stable key, starting from the URL's settings."""
+    """Every hyper-parameter, each with a stable key, starting from the URL's settings.
+
+    Session state holds the values; each widget is also given its current value as its
+    default. The browser falls back to a widget's default when it re-creates the widget
+    (seen in Chromium after a zip upload): without this, the settings jumped to the first
+    option of each widget (learning rate 1e-4, no filters)."""
     for name, value in dataclasses.asdict(start).items():
         if isinstance(value, tuple | list):
             value = ", ".join(str(v) for v in value)
         st.session_state.setdefault(f"set_{name}", value)
+    now = {key: st.session_state[key] for key in st.session_state if str(key).startswith("set_")}
+
+    def index(options: tuple | list, key: str) -> int:
+        return list(options).index(now[key]) if now[key] in options else 0
+
     arch = st.selectbox(
-        "Architecture", train_settings.ARCHITECTURES, key="set_arch", on_change=reset_to_preset
+        "Architecture",
+        train_settings.ARCHITECTURES,
+        index=index(train_settings.ARCHITECTURES, "set_arch"),
+        key="set_arch",
+        on_change=reset_to_preset,
     )
     st.caption(PRESETS[arch].description)
-    dropout = st.slider("Dropout", 0.0, 0.8, step=0.05, key="set_dropout")
-    epochs = st.slider("Epochs", 1, train_settings.MAX_EPOCHS, key="set_epochs")
+    dropout = st.slider("Dropout", 0.0, 0.8, now["set_dropout"], step=0.05, key="set_dropout")
+    epochs = st.slider("Epochs", 1, train_settings.MAX_EPOCHS, now["set_epochs"], key="set_epochs")
     columns = st.columns(3)
     lr = columns[0].select_slider(
-        "Learning rate", train_settings.LEARNING_RATES, key="set_lr", format_func="{:g}".format
+        "Learning rate",
+        train_settings.LEARNING_RATES,
+        now["set_lr"],
+        key="set_lr",
+        format_func="{:g}".format,
     )
-    batch = columns[1].selectbox("Batch size", train_settings.BATCH_SIZES, key="set_batch")
-    size = columns[2].selectbox("Image size", train_settings.IMAGE_SIZES, key="set_size")
+    batch = columns[1].selectbox(
+        "Batch size",
+        train_settings.BATCH_SIZES,
+        index(train_settings.BATCH_SIZES, "set_batch"),
+        key="set_batch",
+    )
+    size = columns[2].selectbox(
+        "Image size",
+        train_settings.IMAGE_SIZES,
+        index(train_settings.IMAGE_SIZES, "set_size"),
+        key="set_size",
+    )
     cnn = PRESETS[arch].architecture.kind == "cnn"
     columns = st.columns(2)
     layers_text = columns[0].text_input(
-        "Filters per block" if cnn else "Hidden units per layer", key="set_layers"
+        "Filters per block" if cnn else "Hidden units per layer",
+        now["set_layers"],
+        key="set_layers",
     )
-    dense_text = columns[1].text_input("Dense head units", key="set_dense", disabled=not cnn)
+    dense_text = columns[1].text_input(
+        "Dense head units", now["set_dense"], key="set_dense", disabled=not cnn
+    )
     columns = st.columns(2)
-    early = columns[0].checkbox("Early stopping", key="set_early")
-    augment = columns[0].checkbox("Augmentation", key="set_augment")
-    patience = columns[1].slider("Patience", 1, 20, key="set_patience", disabled=not early)
+    early = columns[0].checkbox("Early stopping", now["set_early"], key="set_early")
+    augment = columns[0].checkbox("Augmentation", now["set_augment"], key="set_augment")
+    patience = columns[1].slider(
+        "Patience", 1, 20, now["set_patience"], key="set_patience", disabled=not early
+    )
     columns = st.columns(3)
-    split = columns[0].radio("Split", ["grouped", "random"], key="set_split", help=SPLIT_HELP)
-    val = columns[1].slider("Validation fraction", 0.1, 0.4, step=0.05, key="set_val")
-    seed = columns[2].number_input("Seed", 0, 2**31 - 1, step=1, key="set_seed")
+    split = columns[0].radio(
+        "Split",
+        SPLIT_METHODS,
+        index(SPLIT_METHODS, "set_split"),
+        key="set_split",
+        help=SPLIT_HELP,
+    )
+    val = columns[1].slider("Validation fraction", 0.1, 0.4, now["set_val"], 0.05, key="set_val")
+    seed = columns[2].number_input("Seed", 0, 2**31 - 1, now["set_seed"], 1, key="set_seed")
     try:
         layers = train_settings.parse_units(layers_text)
         dense = train_settings.parse_units(dense_text, allow_empty=True) if cnn else ()
