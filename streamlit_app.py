@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ctdemo import resources
 from ctdemo.classify import CAUTION
 from ctdemo.data import resolve_data_source
+
+resources.keep_keras_state_between_runs()
 
 st.set_page_config(
     page_title="ctdemo: how neural networks read chest CT",

@@ -9,6 +9,7 @@ live in that visitor's session only.
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
+from streamlit.runtime.scriptrunner import script_runner
 
 from ctdemo.cards import ModelCard
 from ctdemo.catalog import shipped_cards
@@ -32,6 +34,28 @@ if TYPE_CHECKING:
     from ctdemo.ood import OODDetector
     from ctdemo.splits import SplitSpec
     from ctdemo.uploaded import UploadedModelInfo
+
+
+def _close_matplotlib_figures() -> None:
+    """What Streamlit cleans after each script run, less `keras.backend.clear_session()`."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
+def keep_keras_state_between_runs() -> None:
+    """Stop Streamlit clearing Keras after every script run of every session.
+
+    Streamlit 1.67's `_clean_problem_modules` resets the default graph, empties TensorFlow's
+    kernel cache and collects garbage after each run, while a training runs in the queue's
+    thread: with two Train pages polling once a second and one visitor classifying, a 2-epoch
+    training sat at its first batch for over a minute (benchmarks/load.py); without the clear
+    it took 10 s. Our models live in st.cache_resource and session state, not in Keras's
+    global state, so there is nothing to clear. A private name: tests/test_script_runner.py
+    fails if Streamlit renames it."""
+    if hasattr(script_runner, "_clean_problem_modules"):  # looked up by name after each run
+        script_runner._clean_problem_modules = _close_matplotlib_figures
+
 
 SESSION_MODELS = "session_models"
 SHIPPED_PREFIX = "shipped:"

@@ -171,6 +171,24 @@ def test_a_malformed_zip_is_refused_and_leaves_nothing(case, tmp_path, isolated_
     assert not (tmp_path.parent / "x.png").exists()
 
 
+def test_an_import_cut_short_is_not_trusted_but_redone(tmp_path):
+    """A server killed mid-import leaves its private .tmp- folder, or (renamed, no marker) a
+    partial folder at the final name: the same upload again is unpacked whole."""
+    data = good_zip(tmp_path)
+    whole = import_zip_dataset(data, OWNER)
+    final = whole.root
+    (final / MARKER).unlink()
+    for path in list((final / "non-COVID").iterdir())[1:]:
+        path.unlink()
+    stale = owner_dir(OWNER) / ".tmp-cut-short"
+    (stale / "COVID").mkdir(parents=True)
+    (stale / "COVID" / "half.png").write_bytes(PNG[:8])
+    again = import_zip_dataset(data, OWNER)
+    assert again.root == final and (final / MARKER).is_file()
+    assert again.class_counts() == {"COVID": 5, "non-COVID": 5}
+    assert [entry.name for entry in owner_dir(OWNER).iterdir() if entry != stale] == [final.name]
+
+
 def test_a_zip_bomb_that_lies_about_its_size_is_caught_while_unpacking(isolated_home):
     payload = b"\0" * 400_000
     data = bytearray(zip_bytes({"COVID/a.png": payload, "non-COVID/b.png": PNG}))

@@ -125,12 +125,11 @@ def stop(process: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    """`streamlit run streamlit_app.py` on a free loopback port, with its own CTDEMO_HOME."""
-    home = tmp_path_factory.mktemp("e2e-ctdemo-home")
-    log = tmp_path_factory.mktemp("e2e-server") / "streamlit.log"
-    port = free_port()
+def start_server(home: Path, log: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit_app.py` on a loopback port (a free one unless given), with
+    `home` as its CTDEMO_HOME and its output in `log`; returns once it answers as healthy.
+    It runs in its own process group: `stop` (or `os.killpg`) ends it as a whole."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -152,8 +151,12 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
         "127.0.0.1",
         "--browser.gatherUsageStats",
         "false",
+        # No file watcher, as deployed: a source file edited while the tests run would make the
+        # next script run evict the app's modules while another session imports them.
+        "--server.fileWatcherType",
+        "none",
     ]
-    with log.open("wb") as output:
+    with log.open("ab") as output:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -165,6 +168,19 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
         )
     try:
         wait_until_healthy(url, process, log)
+    except BaseException:
+        stop(process)
+        raise
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """`streamlit run streamlit_app.py` on a free loopback port, with its own CTDEMO_HOME."""
+    home = tmp_path_factory.mktemp("e2e-ctdemo-home")
+    log = tmp_path_factory.mktemp("e2e-server") / "streamlit.log"
+    process, url = start_server(home, log)
+    try:
         yield AppServer(url=url, log=log, home=home)
     finally:
         stop(process)
