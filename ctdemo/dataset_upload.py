@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from ctdemo import paths
@@ -43,6 +44,10 @@ barely compress, so 512 MB unpacked is far beyond an honest archive of slices. (
 SARS-CoV-2 CT-scan set is 2,481 files, 190 MB.)"""
 MAX_UPLOADS_PER_OWNER = 3
 """Older uploads of the same owner are removed beyond this many (disk on a shared server)."""
+STALE_AFTER_S = 2 * 3600
+"""An upload nobody has used for this long is deleted at the next import (of anyone's): a
+session's page re-imports (and so touches) its dataset on every run, and Streamlit offers no
+hook when a session ends."""
 MARKER = ".ctdemo-upload.json"
 _SAFE_OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -76,6 +81,7 @@ def import_zip_dataset(
             f"The upload is {_size(len(data))}; at most {_size(limits.max_total_bytes)} "
             "is accepted."
         )
+    remove_stale_uploads()
     folder = owner_dir(owner)
     final = folder / _digest(data)
     if (final / MARKER).is_file():
@@ -127,9 +133,17 @@ def _scan(unpacked: Path) -> ImageFolder:
         raise DatasetError(f"The zip is not a usable dataset. {message}") from None
 
 
-def remove_uploads(owner: str) -> None:
-    """Delete every dataset `owner` uploaded (a session that ends)."""
-    remove_tree(owner_dir(owner))
+def remove_stale_uploads(max_age_s: float = STALE_AFTER_S, now: float | None = None) -> None:
+    """Delete every upload (and import cut short) untouched for `max_age_s`, and the owner
+    folders that leaves empty: ended sessions' datasets do not fill the server's disk."""
+    now = time.time() if now is None else now
+    for entry in uploads_dir().glob("*/*"):
+        with contextlib.suppress(OSError):
+            if now - entry.stat().st_mtime > max_age_s:
+                remove_tree(entry)
+    for owner in uploads_dir().glob("*"):
+        with contextlib.suppress(OSError):
+            owner.rmdir()  # only if empty
 
 
 def _remove_oldest(folder: Path, keep: int, current: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -13,9 +15,9 @@ from ctdemo.archives import ArchiveError, ArchiveLimits
 from ctdemo.data import DatasetError, load_arrays
 from ctdemo.dataset_upload import (
     MARKER,
+    STALE_AFTER_S,
     import_zip_dataset,
     owner_dir,
-    remove_uploads,
     uploads_dir,
 )
 
@@ -215,12 +217,26 @@ def test_an_odd_owner_id_cannot_leave_the_uploads_folder(tmp_path, isolated_home
         import_zip_dataset(b"x", "")
 
 
-def test_remove_uploads_and_the_per_owner_cap(tmp_path):
+def test_the_per_owner_cap_keeps_the_latest_uploads(tmp_path):
     entries = [zip_bytes({"A/1.png": PNG, "B/2.png": PNG + bytes([n])}) for n in range(4)]
     folders = [import_zip_dataset(data, OWNER, keep=3) for data in entries]
     other = import_zip_dataset(entries[0], "someone-else")
     assert len(list(owner_dir(OWNER).iterdir())) == 3
     assert not folders[0].root.exists() and folders[-1].root.exists()
-    remove_uploads(OWNER)
-    assert not owner_dir(OWNER).exists()
     assert other.root.is_dir()
+
+
+def test_uploads_nobody_used_for_hours_go_at_the_next_import(tmp_path):
+    entries = [zip_bytes({"A/1.png": PNG, "B/2.png": PNG + bytes([n])}) for n in range(3)]
+    ended = import_zip_dataset(entries[0], "ended-session")
+    in_use = import_zip_dataset(entries[1], OWNER)
+    cut_short = owner_dir(OWNER) / ".tmp-import-cut-short"
+    cut_short.mkdir()
+    long_ago = time.time() - STALE_AFTER_S - 60
+    for folder in (ended.root, cut_short):
+        os.utime(folder, (long_ago, long_ago))
+    import_zip_dataset(entries[1], OWNER)  # in use again: touched, kept
+    assert not ended.root.exists() and not owner_dir("ended-session").exists()
+    assert not cut_short.exists() and in_use.root.is_dir()
+    fresh = import_zip_dataset(entries[2], "another")
+    assert fresh.root.is_dir() and in_use.root.is_dir()
