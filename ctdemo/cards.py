@@ -28,7 +28,7 @@ class ModelLoadError(ValueError):
     """A model file we cannot or will not load; the message is written for a person."""
 
 
-def preprocessing_spec(image_size: int, channels: int = 1) -> dict:
+def preprocessing_spec(image_size: int, channels: int = 1, in_model: str = "") -> dict:
     return {
         "function": "ctdemo.imaging.preprocess",
         "image_size": image_size,
@@ -36,7 +36,7 @@ def preprocessing_spec(image_size: int, channels: int = 1) -> dict:
         "range": "[0, 1] (8-bit / 255; 16-bit and float min-max; DICOM windowed HU)",
         "aspect": "padded to a square with the median of the slice's edge, then resized",
         "dicom_window": {"width": LUNG_WINDOW.width, "level": LUNG_WINDOW.level},
-        "in_model": "per-image standardisation (LayerNormalization over all pixels)",
+        "in_model": in_model,
     }
 
 

@@ -106,7 +106,9 @@ def train_on_arrays(
         name=name,
         class_names=dataset.class_names,
         positive_class=default_positive_class(dataset.class_names),
-        input=preprocessing_spec(config.architecture.image_size),
+        input=preprocessing_spec(
+            config.architecture.image_size, in_model=config.architecture.in_model()
+        ),
         architecture=config.architecture.to_dict(),
         training=config.to_dict(),
         split=split.spec.to_dict(),

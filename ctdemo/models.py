@@ -1,8 +1,8 @@
 """Model builders over the Keras functional API, and the named presets.
 
-Every model takes a (size, size, 1) slice in [0, 1], standardises it per image (zero mean,
-unit variance over its pixels, so scanner and export brightness matter less), and outputs one
-logit per class: softmax is applied only when probabilities are reported.
+Every model takes a (size, size, 1) slice in [0, 1] and outputs one logit per class: softmax
+is applied only when probabilities are reported. Inside, a slice is scaled the same way for
+every slice (`INPUT_SCALINGS`), so its density (the cue that separates the classes) survives.
 """
 
 from __future__ import annotations
@@ -16,6 +16,15 @@ from ctdemo.features import IntensityEdgeQuantiles
 
 LAST_CONV = "last_conv"
 """Name of a CNN's last convolution, where Grad-CAM looks."""
+
+INPUT_SCALINGS = {
+    "fixed": "fixed scaling 4x - 2, the same for every slice",
+    "per-image": "per-image standardisation (LayerNormalization over all pixels)",
+}
+"""Measured on the grouped split with the 'cnn' preset (validation accuracy / ROC AUC, splits
+0, 1, 2): per-image standardisation 88.8/0.956, 82.0/0.880, 90.6/0.972; fixed scaling
+93.5/0.974, 84.0/0.911, 91.1/0.980. Standardising erases how dense a slice is. The shipped
+'cnn-large' gained nothing from it (92.7% against 92.4% on split 0) and keeps per-image."""
 
 BN_MOMENTUM = 0.9
 """Batch-norm statistics follow the weights within ~10 steps (Keras's 0.99 lags ~100 steps:
@@ -34,6 +43,13 @@ class Architecture:
     convs_per_block: int = 1
     batch_norm: bool = True
     features: str = "pixels"  # mlp: "pixels" (flattened) or "distribution" (ctdemo.features)
+    input_scaling: str = "fixed"  # a key of INPUT_SCALINGS
+
+    def in_model(self) -> str:
+        """What the model does to its input, for its card."""
+        if self.kind == "mlp" and self.features == "distribution":
+            return "intensity and edge-strength quantiles (ctdemo.features), then batch norm"
+        return INPUT_SCALINGS[self.input_scaling]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +57,7 @@ class Architecture:
     @classmethod
     def from_dict(cls, values: dict) -> Architecture:
         values = dict(values)
+        values.setdefault("input_scaling", "per-image")  # cards written before it was a choice
         for key in ("hidden_units", "filters"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
@@ -89,7 +106,13 @@ PRESETS: dict[str, Preset] = {
             "cnn-large",
             "The shipped CNN: 4 blocks of two 3x3 convolutions + batch norm on 96x96 slices.",
             Architecture(
-                "cnn", 96, 0.2, hidden_units=(64,), filters=(16, 32, 64, 128), convs_per_block=2
+                "cnn",
+                96,
+                0.2,
+                hidden_units=(64,),
+                filters=(16, 32, 64, 128),
+                convs_per_block=2,
+                input_scaling="per-image",  # fixed: 92.7% against 92.4% on split 0, no gain
             ),
             epochs=30,
             learning_rate=1e-3,
@@ -139,6 +162,7 @@ def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
             architecture.hidden_units,
             architecture.dropout,
             architecture.features,
+            architecture.input_scaling,
         )
     if architecture.kind == "cnn":
         return build_cnn(
@@ -149,16 +173,20 @@ def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
             architecture.dropout,
             architecture.convs_per_block,
             architecture.batch_norm,
+            architecture.input_scaling,
         )
     raise ValueError(f"Unknown architecture kind {architecture.kind!r} (mlp or cnn).")
 
 
-def _standardised_input(image_size: int) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+def _scaled_input(image_size: int, scaling: str) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     slices = keras.Input((image_size, image_size, 1), name="slice")
-    standardised = layers.LayerNormalization(
-        axis=(1, 2, 3), center=False, scale=False, name="per_image_standardise"
-    )(slices)
-    return slices, standardised
+    if scaling == "fixed":
+        return slices, layers.Rescaling(4.0, offset=-2.0, name="fixed_scale")(slices)
+    if scaling == "per-image":
+        return slices, layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, name="per_image_standardise"
+        )(slices)
+    raise ValueError(f"Unknown input scaling {scaling!r} (one of {', '.join(INPUT_SCALINGS)}).")
 
 
 MLP_FEATURES = ("pixels", "distribution")
@@ -170,13 +198,14 @@ def build_mlp(
     hidden_units: tuple[int, ...],
     dropout: float,
     features: str = "pixels",
+    input_scaling: str = "fixed",
 ) -> keras.Model:
     """Input features through ReLU layers, each followed by dropout, to class logits.
 
-    `features`: "pixels", the standardised slice flattened (what the first seed did), or
+    `features`: "pixels", the scaled slice flattened (what the first seed did), or
     "distribution", its intensity and edge-strength quantiles (`IntensityEdgeQuantiles`)."""
     if features == "pixels":
-        slices, x = _standardised_input(image_size)
+        slices, x = _scaled_input(image_size, input_scaling)
         x = layers.Flatten(name="pixels")(x)
     elif features == "distribution":
         slices = keras.Input((image_size, image_size, 1), name="slice")
@@ -199,9 +228,10 @@ def build_cnn(
     dropout: float,
     convs_per_block: int = 1,
     batch_norm: bool = True,
+    input_scaling: str = "fixed",
 ) -> keras.Model:
     """Blocks of 3x3 convolutions and max-pooling, global average pooling, a dense head."""
-    slices, x = _standardised_input(image_size)
+    slices, x = _scaled_input(image_size, input_scaling)
     for block, width in enumerate(filters, start=1):
         for conv in range(1, convs_per_block + 1):
             is_last = block == len(filters) and conv == convs_per_block

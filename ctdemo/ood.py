@@ -35,8 +35,7 @@ Two cheap cues that need no model, checked first:
   blue never differ by more than 1/255), so a file in which more than 5% of the pixels are
   clearly coloured (channels spread by more than 0.15) is a photo or a screenshot;
 - blank: an image of almost one grey level (pixel standard deviation under 0.02; real slices
-  have 0.09 or more) becomes all zeros after the models' per-image standardisation, so the
-  model's answer is only its biases.
+  have 0.09 or more) has no structure for a model to read: its answer would be its biases.
 
 Limits: "far from the training slices" is not "not a CT slice". Real CT slices exported
 differently (another hospital's crop, window or scanner) may be flagged; a picture that mimics

@@ -188,3 +188,20 @@ def test_distribution_features_are_quantiles_that_ignore_where_pixels_are():
     shuffled = rng.permutation(image.ravel()).reshape(image.shape)
     layer = IntensityEdgeQuantiles(quantiles=16)
     np.testing.assert_allclose(layer(shuffled)[0, :16], layer(image)[0, :16], atol=1e-6)
+
+
+def test_cards_written_before_input_scaling_was_a_choice_read_as_per_image():
+    old = {"kind": "cnn", "image_size": 48, "dropout": 0.1, "filters": [8], "hidden_units": []}
+    assert Architecture.from_dict(old).input_scaling == "per-image"
+    assert Architecture("cnn", 48, 0.1).input_scaling == "fixed"
+    assert "same for every slice" in Architecture("cnn", 48, 0.1).in_model()
+    assert "quantiles" in Architecture("mlp", 32, 0.5, features="distribution").in_model()
+
+
+@pytest.mark.parametrize("scaling", ["fixed", "per-image"])
+def test_a_cnn_reads_density_only_with_fixed_scaling(scaling):
+    model = build_cnn(16, 2, (4,), (), 0.0, input_scaling=scaling)
+    slices = np.random.default_rng(0).random((2, 16, 16, 1)).astype("float32")
+    change = np.abs(np.asarray(model(slices * 0.5)) - np.asarray(model(slices))).max()
+    # Per-image standardisation maps a dimmer copy onto the same input (up to its epsilon).
+    assert (change < 0.05) == (scaling == "per-image"), change

@@ -12,7 +12,7 @@ from ctdemo.catalog import shipped_cards, shipped_model_summaries
 from ctdemo.data import load_arrays, scan_image_folder
 from ctdemo.experiment import evaluate
 from ctdemo.inference import predict_files
-from ctdemo.models import LAST_CONV
+from ctdemo.models import LAST_CONV, PRESETS, Architecture
 from ctdemo.paths import DEMO_BUNDLE_DIR, DEMO_DIR, DEMO_SAMPLES_DIR, WEIGHTS_DIR
 
 SHIPPED = ("cnn", "mlp")
@@ -107,3 +107,10 @@ def test_shipped_cards_match_the_real_training_data(real_train):
     for card in shipped_cards().values():
         assert card.data["fingerprint"] == fingerprint(folder)
         assert sum(card.data["class_counts"].values()) == len(folder.files)
+
+
+@pytest.mark.parametrize(("name", "preset"), [("cnn", "cnn-large"), ("mlp", "mlp")])
+def test_the_documented_command_rebuilds_the_shipped_architecture(name, preset):
+    card = json.loads(card_path(WEIGHTS_DIR / f"{name}.keras").read_text())
+    assert f"--arch {preset} " in card["command"]
+    assert Architecture.from_dict(card["architecture"]) == PRESETS[preset].architecture
