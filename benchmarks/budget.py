@@ -7,8 +7,10 @@ person would, and reads the server process's resident memory (VmRSS, /proc) afte
   1. from `streamlit run` to the first usable page (the Classify title and uploader painted),
   2. the first prediction after a cold start (a sample scan clicked → verdict and overlay),
   3. classifying a batch of 20 slices with their heatmaps,
-  4. training the Train page's default CNN for 5 epochs on the demo set.
-Targets (issue 7): first page ≤ 2 s, first prediction ≤ 8 s, ≤ 1 GB through classify.
+  4. opening Compare (both shipped models on the demo set: table, charts, disagreements),
+  5. training the Train page's default CNN for 5 epochs on the demo set.
+Targets (issue 7): first page ≤ 2 s, first prediction ≤ 8 s, ≤ 1 GB through classify and
+compare.
 Prints a table and writes benchmarks/results/budget.json.
 """
 
@@ -115,6 +117,16 @@ def drive(page: Page, command: list[str], env: dict, url: str, home: str) -> dic
         expect(page.get_by_text("of every slice")).to_be_visible()
         expect(page.get_by_text("Computing")).to_have_count(0)
         results["rss_after_20_slices_mb"] = rss_mb(server.pid)
+
+        opened = time.monotonic()
+        page.goto(f"{url}/compare")
+        expect(page.get_by_text("Evaluated on 300 slices")).to_be_visible()
+        expect(page.get_by_test_id("stPlotlyChart")).to_have_count(4)
+        expect(
+            page.get_by_test_id("stImageCaption").filter(has_text="Grad-CAM").first
+        ).to_be_visible()
+        results["compare_page_s"] = time.monotonic() - opened
+        results["rss_after_compare_mb"] = rss_mb(server.pid)
 
         page.goto(f"{url}/train?epochs=5&early=0")
         expect(page.get_by_text("parameters")).to_be_visible()
