@@ -174,7 +174,10 @@ def _decode_picture(data: bytes) -> DecodedSlice:
                 raise TruncatedImageError(
                     "The image file is truncated or damaged; try exporting it again."
                 ) from None
-            raise NotAnImageError(f"The image could not be decoded ({error}).") from None
+            raise NotAnImageError(
+                f"The {source_format} image is damaged: its pixel data could not be decoded. "
+                "Try exporting it again."
+            ) from None
         pixels = _to_grey_unit(image)
     return DecodedSlice(pixels=pixels, source_format=source_format)
 
@@ -239,12 +242,12 @@ def _read_dicom(data: bytes, window: Window) -> DecodedSlice:
     _check_pixel_count(int(getattr(dataset, "Columns", 0)), int(getattr(dataset, "Rows", 0)))
     try:
         stored = dataset.pixel_array
-    except Exception as error:
+    except Exception:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or "an unknown transfer syntax"
         raise DicomError(
-            f"The pixel data ({name}) could not be decoded: {error}. "
-            "Export the slice uncompressed and try again."
+            f"The pixel data ({name}) could not be decoded: this server has no decoder for it, "
+            "or the data is damaged. Export the slice uncompressed and try again."
         ) from None
     if stored.ndim != 2:
         raise DicomError(

@@ -95,7 +95,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "cnn",
             "Our small CNN for live training: 3 blocks of one 3x3 convolution + batch norm "
-            "on 48x48 slices, batches of 64, no weight averaging: about 2.5 s per epoch.",
+            "on 48x48 slices, no weight averaging (the command line trains it in batches of "
+            "64, about 2.5 s per epoch here).",
             Architecture("cnn", 48, 0.1, hidden_units=(32,), filters=(16, 32, 64)),
             epochs=20,
             learning_rate=1e-3,
