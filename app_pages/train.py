@@ -11,7 +11,7 @@ from ctdemo.archives import ArchiveError
 from ctdemo.charts import confusion_matrix, run_overlay, training_curves
 from ctdemo.data import DatasetError, resolve_data_source
 from ctdemo.models import PRESETS
-from ctdemo.overlay import blend
+from ctdemo.overlay import blend, image_strip
 from ctdemo.paths import DEMO_BUNDLE_DIR
 from ctdemo.splits import SPLIT_METHODS
 from ctdemo.train_settings import TrainSettings
@@ -68,7 +68,7 @@ def show_dataset(root: str, size: int) -> object | None:
     columns = st.columns(len(dataset.class_names))
     for index, (column, name) in enumerate(zip(columns, dataset.class_names, strict=True)):
         examples = [dataset.x[i, ..., 0] for i in (dataset.y == index).nonzero()[0][:3]]
-        column.image(examples, caption=[name] * len(examples), width=64)
+        column.image(image_strip(examples), caption=name, width="stretch")
     if dataset.skipped:
         with st.expander(f"{len(dataset.skipped)} files skipped"):
             st.dataframe(

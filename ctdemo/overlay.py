@@ -53,3 +53,11 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def image_strip(images: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Grey images of one size side by side, `gap` white columns apart: one tidy row."""
+    height = images[0].shape[0]
+    spacer = np.ones((height, gap), dtype=np.float32)
+    parts = [part for image in images for part in (spacer, image.astype(np.float32))][1:]
+    return np.concatenate(parts, axis=1)
