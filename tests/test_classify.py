@@ -14,7 +14,7 @@ from ctdemo.catalog import card_sections, shipped_cards
 from ctdemo.charts import probability_bars, training_curves
 from ctdemo.classify import SliceResult
 from ctdemo.ood import OODResult
-from ctdemo.overlay import blend, colourise, grey_to_rgb, png_bytes
+from ctdemo.overlay import blend, colourise, grey_to_rgb, image_strip, png_bytes
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -105,3 +105,11 @@ def test_card_sections_read_like_a_card():
     assert "95% CI" in validation["accuracy"] and "sensitivity (COVID)" in validation
     training = {row[""]: row["value"] for row in sections["Training"]}
     assert "python -m ctdemo train" in training["rebuilt by"]
+
+
+def test_an_image_strip_puts_images_side_by_side_with_white_gaps():
+    images = [np.full((4, 3), value, dtype=np.float32) for value in (0.0, 0.5)]
+    strip = image_strip(images, gap=2)
+    assert strip.shape == (4, 3 + 2 + 3)
+    assert np.all(strip[:, :3] == 0.0) and np.all(strip[:, 3:5] == 1.0)
+    assert np.all(strip[:, 5:] == 0.5)
