@@ -255,6 +255,9 @@ def show_explanation(result: classify.SliceResult, model_key: str, window: Windo
             result, model_key, window, method, card.class_names.index(explained)
         )
     overlay = blend(result.pixels, on_slice, alpha, colour_map)
+    note = classify.explanation_note(card)
+    if note:
+        st.caption(note)
     images = st.columns(3)
     images[0].image(result.pixels, caption="Scan", clamp=True, width="stretch")
     images[1].image(colourise(on_slice, colour_map), caption=METHOD_LABELS[method], width="stretch")

@@ -181,3 +181,14 @@ def accuracy_statement(card: ModelCard) -> str:
         f"Validation accuracy {accuracy['value']:.1%} (95% CI {accuracy['low']:.1%}–"
         f"{accuracy['high']:.1%}) on {card.validation.get('n', '?')} slices from {how}."
     )
+
+
+def explanation_note(card: ModelCard) -> str | None:
+    """What a model's heatmap can and cannot show, where that is not a place on the slice."""
+    if card.architecture.get("features") == "distribution":
+        return (
+            "This MLP reads how bright the slice is and how sharp its edges are, not where "
+            "things are: its saliency is spread over every pixel whose brightness or edge rank "
+            "sways the answer, not gathered on a region. Compare the CNN's Grad-CAM."
+        )
+    return None

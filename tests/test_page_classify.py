@@ -94,11 +94,13 @@ def test_a_sample_scan_is_classified_and_explained_with_every_method():
 def test_the_mlp_offers_saliency_only():
     app = open_app()
     app.button(key="sample_3").click().run()
+    assert not any("not where things are" in caption.value for caption in app.caption)
     mlp = next(key for key in app.selectbox(key="model").options if "MLP" in key)
     app.selectbox(key="model").select(mlp).run()
     assert not app.exception
     assert app.selectbox(key="method").options == [METHOD_LABELS["saliency"]]
     assert_explained(app)
+    assert any("not where things are" in caption.value for caption in app.caption)
 
 
 def test_a_real_scan_from_the_shared_data_is_classified(real_train):
