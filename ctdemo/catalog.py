@@ -53,9 +53,11 @@ def card_sections(card: ModelCard) -> dict[str, list[dict[str, str]]]:
     data = card.data
     validation = card.validation
     layers = ", ".join(str(units) for units in architecture.get("filters") or []) or "–"
+    kind = architecture.get("kind", "?").upper()
+    members = int(architecture.get("members", 1))
     sections = {
         "Model": {
-            "architecture": architecture.get("kind", "?").upper(),
+            "architecture": f"{members} {kind}s, logits averaged" if members > 1 else kind,
             "input": f"{card.image_size}×{card.image_size}, {card.channels} channel(s)",
             "convolution filters per block": layers,
             "dense units": ", ".join(str(u) for u in architecture.get("hidden_units") or []),

@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 
 TENSORFLOW_COMMANDS = ("train", "evaluate", "predict")
 PRESET_NAMES = ("mlp", "cnn", "cnn-large", "seed-1-mlp", "seed-2-cnn")
+MAX_MEMBERS = 8  # an ensemble's training time and memory grow with its members
 
 
 class CliError(Exception):
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="initial learning rate (cosine decay)")
     train.add_argument("--batch-size", type=int, help="batch size")
     train.add_argument("--image-size", type=int, help="square input size in pixels")
+    train.add_argument(
+        "--members",
+        type=int,
+        help=f"CNNs trained side by side, logits averaged (1-{MAX_MEMBERS}; default: the preset's)",
+    )
     train.add_argument("--val-split", type=float, default=0.2, help="validation fraction")
     train.add_argument(
         "--split",
@@ -158,6 +164,10 @@ def _train(args: argparse.Namespace) -> int:
         architecture = replace(architecture, dropout=args.dropout)
     if args.image_size is not None:
         architecture = replace(architecture, image_size=args.image_size)
+    if args.members is not None:
+        if architecture.kind != "cnn" or not 1 <= args.members <= MAX_MEMBERS:
+            raise CliError(f"--members takes 1 to {MAX_MEMBERS} and applies to CNN presets only.")
+        architecture = replace(architecture, members=args.members)
     config = TrainConfig(
         architecture=architecture,
         epochs=args.epochs or preset.epochs,

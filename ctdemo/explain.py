@@ -69,16 +69,16 @@ def explain(model: keras.Model, image: np.ndarray, method: str, class_index: int
     if method == "saliency":
         heatmap = _smoothgrad(Saliency(model, clone=False), batch, class_index)
     else:
-        layer = last_conv_layer(model)
+        # The named layer as it is: tf-keras-vis would otherwise seek back to a Conv2D, and an
+        # ensemble's `last_conv` (all members' maps side by side) would shrink to one member's.
+        layer = {"penultimate_layer": last_conv_layer(model), "seek_penultimate_conv_layer": False}
         if method == "gradcam":
-            heatmap = Gradcam(model, clone=False)(score, batch, penultimate_layer=layer)
+            heatmap = Gradcam(model, clone=False)(score, batch, **layer)
         elif method == "gradcam++":
-            heatmap = GradcamPlusPlus(model, clone=False)(score, batch, penultimate_layer=layer)
+            heatmap = GradcamPlusPlus(model, clone=False)(score, batch, **layer)
         else:
             with _quiet_predict():  # Score-CAM calls model.predict, which draws progress bars
-                heatmap = Scorecam(model, clone=False)(
-                    score, batch, penultimate_layer=layer, max_N=SCORECAM_MAX_N
-                )
+                heatmap = Scorecam(model, clone=False)(score, batch, max_N=SCORECAM_MAX_N, **layer)
     return _unit_range(np.asarray(heatmap[0], dtype=np.float32))
 
 

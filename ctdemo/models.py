@@ -15,7 +15,11 @@ from keras import layers
 from ctdemo.features import IntensityEdgeQuantiles
 
 LAST_CONV = "last_conv"
-"""Name of a CNN's last convolution, where Grad-CAM looks."""
+"""Name of a CNN's last convolution, where Grad-CAM looks (in an ensemble: all its members'
+last feature maps side by side)."""
+
+MEMBER_LOGITS = "member_logits"
+"""An ensemble's (batch, members, classes) logits, which training fits member by member."""
 
 INPUT_SCALINGS = {
     "fixed": "fixed scaling 4x - 2, the same for every slice",
@@ -44,6 +48,7 @@ class Architecture:
     batch_norm: bool = True
     features: str = "pixels"  # mlp: "pixels" (flattened) or "distribution" (ctdemo.features)
     input_scaling: str = "fixed"  # a key of INPUT_SCALINGS
+    members: int = 1  # cnn: independently trained copies whose logits are averaged
 
     def in_model(self) -> str:
         """What the model does to its input, for its card."""
@@ -176,6 +181,7 @@ def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
             architecture.convs_per_block,
             architecture.batch_norm,
             architecture.input_scaling,
+            architecture.members,
         )
     raise ValueError(f"Unknown architecture kind {architecture.kind!r} (mlp or cnn).")
 
@@ -231,24 +237,72 @@ def build_cnn(
     convs_per_block: int = 1,
     batch_norm: bool = True,
     input_scaling: str = "fixed",
+    members: int = 1,
 ) -> keras.Model:
-    """Blocks of 3x3 convolutions and max-pooling, global average pooling, a dense head."""
+    """Blocks of 3x3 convolutions and max-pooling, global average pooling, a dense head.
+
+    With `members` > 1, an ensemble in one flat graph: that many such CNNs side by side, each
+    with its own weights, whose logits are averaged. Their last feature maps are concatenated
+    into one layer (`LAST_CONV`) that every head reads its own channels from, so Grad-CAM of
+    the averaged logit over that layer is the ensemble's, exactly. Training fits each member
+    on its own loss (`MEMBER_LOGITS`), so members do not co-adapt."""
     slices, x = _scaled_input(image_size, input_scaling)
+    if members == 1:
+        x = _convolutions(x, filters, convs_per_block, batch_norm, dropout, "", LAST_CONV)
+    else:
+        maps = [
+            _convolutions(
+                x, filters, convs_per_block, batch_norm, dropout, f"m{m}_", f"m{m}_{LAST_CONV}"
+            )
+            for m in range(1, members + 1)
+        ]
+        x = layers.Concatenate(name=LAST_CONV)(maps)
+    if batch_norm:  # channel by channel: in an ensemble, each member's own
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{LAST_CONV}_norm")(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    if members > 1:
+        x = layers.Reshape((members, filters[-1]), name="per_member")(x)
+    for index, units in enumerate(dense_units, start=1):
+        x = layers.Dropout(dropout, name=f"head_dropout_{index}")(x)
+        x = _dense(members, units, f"dense_{index}", "relu")(x)
+    x = layers.Dropout(dropout, name="logits_dropout")(x)
+    if members == 1:
+        return keras.Model(slices, layers.Dense(num_classes, name="logits")(x), name="cnn")
+    member_logits = _dense(members, num_classes, MEMBER_LOGITS)(x)
+    logits = layers.GlobalAveragePooling1D(name="logits")(member_logits)
+    return keras.Model(slices, logits, name="cnn_ensemble")
+
+
+def _convolutions(
+    x: keras.KerasTensor,
+    filters: tuple[int, ...],
+    convs_per_block: int,
+    batch_norm: bool,
+    dropout: float,
+    prefix: str,
+    last_name: str,
+) -> keras.KerasTensor:
+    """The convolution blocks up to the last convolution's output (before its batch norm:
+    Grad-CAM reads it there)."""
     for block, width in enumerate(filters, start=1):
         for conv in range(1, convs_per_block + 1):
             is_last = block == len(filters) and conv == convs_per_block
-            name = LAST_CONV if is_last else f"conv_{block}_{conv}"
+            name = last_name if is_last else f"{prefix}conv_{block}_{conv}"
             x = layers.Conv2D(width, 3, padding="same", activation="relu", name=name)(x)
-            if batch_norm:
+            if batch_norm and not is_last:
                 x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_norm")(x)
         if block < len(filters):
-            x = layers.MaxPooling2D(name=f"pool_{block}")(x)
+            x = layers.MaxPooling2D(name=f"{prefix}pool_{block}")(x)
             if dropout:
-                x = layers.SpatialDropout2D(dropout / 2, name=f"block_dropout_{block}")(x)
-    x = layers.GlobalAveragePooling2D(name="features")(x)
-    for index, units in enumerate(dense_units, start=1):
-        x = layers.Dropout(dropout, name=f"head_dropout_{index}")(x)
-        x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
-    x = layers.Dropout(dropout, name="logits_dropout")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(slices, logits, name="cnn")
+                x = layers.SpatialDropout2D(dropout / 2, name=f"{prefix}block_dropout_{block}")(x)
+    return x
+
+
+def _dense(members: int, units: int, name: str, activation: str | None = None) -> layers.Layer:
+    """A Dense layer, or in an ensemble one for each member at once (member m's features
+    through member m's weights)."""
+    if members == 1:
+        return layers.Dense(units, activation=activation, name=name)
+    return layers.EinsumDense(
+        "bmi,miu->bmu", (members, units), bias_axes="mu", activation=activation, name=name
+    )

@@ -133,6 +133,8 @@ def test_evaluate_json_on_any_image_folder(trained, tmp_path):
         ("download", "--url", "http://127.0.0.1:9/none.zip", "--dest", "{tmp}/dest"),
         ("train", "--arch", "mlp", "--data", "{tmp}/nothing", "--out", "{tmp}/m.keras"),
         ("train", "--arch", "mlp", "--data", "{tmp}", "--out", "{tmp}/m.h5"),
+        ("train", "--arch", "mlp", "--data", "{tmp}", "--out", "{tmp}/m.keras", "--members", "3"),
+        ("train", "--arch", "cnn", "--data", "{tmp}", "--out", "{tmp}/m.keras", "--members", "0"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, tmp_path):

@@ -3,6 +3,8 @@ heatmaps depend on what the network learned (Adebayo et al.'s model randomisatio
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,32 @@ def test_heatmaps_depend_on_the_learned_weights(cnn):
         correlations.append(rank_correlation(trained, randomised))
     assert len(correlations) == 12
     assert np.median(correlations) < 0.3
+
+
+def test_an_ensemble_s_grad_cam_reads_every_member():
+    """With only member 1 voting (the others' heads zeroed), the ensemble's Grad-CAM is member
+    1's; seeking back to the last Conv2D (member 3's) would give a blank map."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    single = Architecture("cnn", 32, 0.0, hidden_units=(8,), filters=(4, 8))
+    ensemble = build_model(replace(single, members=3), 2)
+    member_1 = build_model(single, 2)
+    for layer in member_1.layers:  # member 1's weights into the single CNN
+        if layer.name == "last_conv_norm":  # the ensemble's normalises every member's channels
+            layer.set_weights([w[:8] for w in ensemble.get_layer(layer.name).get_weights()])
+        elif layer.weights and not layer.name.startswith(("dense_", "logits")):
+            layer.set_weights(ensemble.get_layer(f"m1_{layer.name}").get_weights())
+    for name in ("dense_1", "member_logits"):
+        kernel, bias = ensemble.get_layer(name).get_weights()
+        member_1.get_layer("logits" if name == "member_logits" else name).set_weights(
+            [kernel[0], bias[0]]
+        )
+        kernel[1:], bias[1:] = 0.0, 0.0
+        ensemble.get_layer(name).set_weights([kernel, bias])
+    image = np.random.default_rng(4).random((32, 32, 1), dtype=np.float32)
+    expected = [explain(member_1, image, "gradcam", index) for index in (0, 1)]
+    assert max(heatmap.max() for heatmap in expected) > 0  # one class's map is not blank
+    for index in (0, 1):
+        actual = explain(ensemble, image, "gradcam", index)
+        np.testing.assert_allclose(actual, expected[index], atol=1e-4)

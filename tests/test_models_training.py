@@ -12,7 +12,7 @@ from ctdemo.data import load_arrays
 from ctdemo.experiment import evaluate, train_on_folder
 from ctdemo.models import LAST_CONV, PRESETS, Architecture, build_cnn, build_mlp, build_model
 from ctdemo.splits import SplitSpec
-from ctdemo.training import TrainConfig, train
+from ctdemo.training import TrainConfig, fitted_part, member_cross_entropy, train
 
 pytestmark = pytest.mark.slow
 
@@ -205,3 +205,67 @@ def test_a_cnn_reads_density_only_with_fixed_scaling(scaling):
     change = np.abs(np.asarray(model(slices * 0.5)) - np.asarray(model(slices))).max()
     # Per-image standardisation maps a dimmer copy onto the same input (up to its epsilon).
     assert (change < 0.05) == (scaling == "per-image"), change
+
+
+TINY_ENSEMBLE = Architecture("cnn", 32, 0.1, hidden_units=(8,), filters=(4, 8), members=3)
+
+
+def test_an_ensemble_averages_its_members_and_shows_grad_cam_all_their_maps():
+    model = build_model(TINY_ENSEMBLE, 2)
+    x = np.random.default_rng(1).random((4, 32, 32, 1), dtype=np.float32)
+    members = np.asarray(fitted_part(model)(x))
+    assert members.shape == (4, 3, 2)
+    np.testing.assert_allclose(np.asarray(model(x)), members.mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert model.get_layer(LAST_CONV).output.shape == (None, 16, 16, 3 * 8)
+    first_convolutions = [layer.name for layer in model.layers if layer.name.endswith("conv_1_1")]
+    assert first_convolutions == ["m1_conv_1_1", "m2_conv_1_1", "m3_conv_1_1"]
+
+
+def test_ensemble_members_learn_from_their_own_losses_only():
+    """Member 1's gradient does not change when the other members' weights do (it would with
+    a loss on the averaged logits, which makes members co-adapt)."""
+    import tensorflow as tf
+
+    model = build_model(TINY_ENSEMBLE, 2)
+    fitted = fitted_part(model)
+    x = np.random.default_rng(2).random((6, 32, 32, 1), dtype=np.float32)
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    member_1 = [v for v in fitted.trainable_variables if v.path.startswith("m1_")]
+    others = [v for v in fitted.trainable_variables if v.path.startswith(("m2_", "m3_"))]
+    assert member_1 and others
+
+    def member_1_gradients():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(member_cross_entropy(labels, fitted(x, training=False)))
+        return [np.asarray(g) for g in tape.gradient(loss, member_1)]
+
+    before = member_1_gradients()
+    for variable in others:
+        variable.assign(np.asarray(variable) * -0.5)
+    for old, new in zip(before, member_1_gradients(), strict=True):
+        np.testing.assert_allclose(old, new, rtol=1e-5, atol=1e-7)
+
+
+def test_an_ensemble_trains_and_round_trips_with_its_own_accuracy_in_the_history(
+    tiny_dataset, tmp_path
+):
+    config = TrainConfig(TINY_ENSEMBLE, epochs=3, learning_rate=3e-3, batch_size=8, patience=0)
+    shown = []
+    spec = SplitSpec("grouped", 0.25, 0, block_size=4)
+    result, card = train_on_folder(
+        tiny_dataset, config, spec, "tiny", on_epoch_model=lambda model, _: shown.append(model)
+    )
+    assert [model.output_shape for model in shown] == [(None, 2)] * 3  # the averaged logits
+    data = load_arrays(tiny_dataset, 32)
+    val = data.subset(np.isin(data.files, card.validation["files"]).nonzero()[0])
+    predicted = np.asarray(result.model.predict_on_batch(val.x)).argmax(axis=1)
+    best = result.history["val_accuracy"][result.best_epoch - 1]
+    assert (
+        best == pytest.approx(np.mean(predicted == val.y)) == card.validation["accuracy"]["value"]
+    )
+    save_model(result.model, card, tmp_path / "ensemble.keras")
+    model, loaded = load_model(tmp_path / "ensemble.keras")
+    assert Architecture.from_dict(loaded.architecture).members == 3
+    np.testing.assert_allclose(
+        model.predict_on_batch(val.x), result.model.predict_on_batch(val.x), atol=1e-5
+    )

@@ -500,3 +500,17 @@ def test_a_forged_module_behind_our_layers_name_is_refused():
     }
     with pytest.raises(ModelLoadError, match=CUSTOM_REFUSAL):
         check_architecture(config)
+
+
+def test_our_cnn_ensemble_is_accepted_and_grad_cam_reads_every_member(tmp_path):
+    from ctdemo.models import LAST_CONV, build_cnn
+
+    model = build_cnn(16, 2, (4, 8), (8,), 0.1, members=3)
+    loaded, info = read_uploaded_model(saved(model, tmp_path, "ensemble.keras"), "ensemble.keras")
+    assert info.last_conv == LAST_CONV
+    adapted, _ = adapt_uploaded_model(loaded, info, ["COVID", "non-COVID"], "logits")
+    x = random_images(16, 1)
+    np.testing.assert_allclose(predict(adapted, x), predict(model, x), atol=1e-5)
+    assert_flat(adapted)
+    assert adapted.get_layer(LAST_CONV).output.shape[-1] == 3 * 8
+    assert_unit_heatmap(adapted, x[0], "gradcam", 16)
