@@ -27,6 +27,11 @@ SPLIT_HELP = (
     "new patient would be; random scatters each patient's slices over both sides and flatters "
     "the validation accuracy."
 )
+MEMBERS_HELP = (
+    "Train this many copies of the CNN side by side, each from its own random start and on its "
+    "own loss, and average their logits. The curves are the average's; runs of one model jump "
+    "from epoch to epoch more than the average does. Each member adds one model's time."
+)
 
 
 def data_choice() -> tuple[str, str] | None:
@@ -130,7 +135,7 @@ def settings_form(start: TrainSettings) -> TrainSettings | None:
         key="set_size",
     )
     cnn = PRESETS[arch].architecture.kind == "cnn"
-    columns = st.columns(2)
+    columns = st.columns(3)
     layers_text = columns[0].text_input(
         "Filters per block" if cnn else "Hidden units per layer",
         now["set_layers"],
@@ -138,6 +143,16 @@ def settings_form(start: TrainSettings) -> TrainSettings | None:
     )
     dense_text = columns[1].text_input(
         "Dense head units", now["set_dense"], key="set_dense", disabled=not cnn
+    )
+    members = columns[2].number_input(
+        "Ensemble members",
+        1,
+        train_settings.MAX_MEMBERS,
+        now["set_members"],
+        1,
+        key="set_members",
+        disabled=not cnn,
+        help=MEMBERS_HELP,
     )
     columns = st.columns(2)
     early = columns[0].checkbox("Early stopping", now["set_early"], key="set_early")
@@ -163,7 +178,7 @@ def settings_form(start: TrainSettings) -> TrainSettings | None:
         return None
     return TrainSettings(
         arch, dropout, epochs, lr, batch, size, layers, dense, early, patience, augment,
-        val, split, int(seed),
+        val, split, int(seed), int(members) if cnn else 1,
     )  # fmt: skip
 
 

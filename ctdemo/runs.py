@@ -53,8 +53,9 @@ def record(job_id: str, settings: TrainSettings, snapshot, card: ModelCard | Non
 
 
 def run_label(settings: TrainSettings) -> str:
+    ensemble = f" ×{settings.members}" if settings.is_cnn and settings.members > 1 else ""
     return (
-        f"{settings.arch} · dropout {settings.dropout:g} · {settings.split} split · "
+        f"{settings.arch}{ensemble} · dropout {settings.dropout:g} · {settings.split} split · "
         f"seed {settings.seed}"
     )
 

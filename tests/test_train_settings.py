@@ -9,6 +9,7 @@ import pytest
 from ctdemo.models import PRESETS, build_model
 from ctdemo.train_settings import (
     ARCHITECTURES,
+    MAX_MEMBERS,
     PAGE_BATCH_SIZE,
     TrainSettings,
     defaults,
@@ -33,6 +34,18 @@ def test_defaults_rebuild_the_preset(arch):
 def test_a_url_round_trips_the_settings(arch):
     settings = TrainSettings(**{**defaults(arch).__dict__, "dropout": 0.35, "seed": 7})
     assert from_query(settings.to_query()) == settings
+
+
+def test_members_round_trip_clamp_and_apply_to_cnns_only():
+    ensemble = replace(defaults("cnn"), members=3)
+    assert from_query(ensemble.to_query()) == ensemble
+    assert ensemble.architecture().members == 3
+    single = forward_flops(defaults("cnn").architecture())
+    assert forward_flops(ensemble.architecture()) == 3 * single
+    assert from_query({"members": "99"}).members == MAX_MEMBERS
+    assert from_query({"members": "-2"}).members == 1
+    assert from_query({"members": "two"}).members == 1
+    assert replace(defaults("mlp"), members=3).architecture().members == 1
 
 
 def test_hostile_or_broken_url_values_fall_back_or_clamp():
