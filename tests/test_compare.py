@@ -422,8 +422,10 @@ def test_shipped_models_on_the_demo_bundle_tell_their_cards_story():
     for name, (_, model_card) in models.items():
         accuracy = rows["accuracy"]["values"][name]["value"]
         assert abs(accuracy - model_card.validation["accuracy"]["value"]) < 0.07, name
-    # The distribution MLP is close to the CNN in accuracy; the CNN ranks slices better.
-    (test,) = rows["accuracy"]["comparisons"]
-    assert test["p_value"] > 0.05 and rows["accuracy"]["better"] is None
-    (test,) = rows["roc_auc"]["comparisons"]
-    assert test["p_value"] < 0.05 and test["better"] == "cnn"
+    # On these 300 slices of unseen patients the CNN leads the distribution MLP by about a
+    # point, in accuracy and in ROC AUC, and neither difference is significant.
+    for key in ("accuracy", "roc_auc"):
+        values = rows[key]["values"]
+        assert values["cnn"]["value"] >= values["mlp"]["value"], key
+        (test,) = rows[key]["comparisons"]
+        assert test["p_value"] > 0.05 and rows[key]["better"] is None, key
