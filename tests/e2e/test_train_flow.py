@@ -17,7 +17,9 @@ from conftest import make_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-FIRST_EPOCHS_MS = 60_000  # the first training of the session loads TensorFlow
+# The first training of the session loads TensorFlow and traces the step; on this 2-core
+# machine under heavy hypervisor steal that once took over 60 s.
+FIRST_EPOCHS_MS = 120_000
 STEP_MS = 30_000
 EPOCH = re.compile(r"Epoch (\d+) of (\d+)")
 SCREENSHOTS = os.environ.get("CTDEMO_E2E_TRAIN_SCREENSHOTS")  # a folder for mid/after shots
