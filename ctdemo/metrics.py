@@ -156,19 +156,9 @@ def bootstrap_interval(
     seed: int = 0,
 ) -> Interval:
     """Percentile bootstrap (resampling slices) of `statistic(y_true, y_score)`."""
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    value = statistic(y_true, y_score)
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(repeats):
-        picks = rng.integers(0, len(y_true), len(y_true))
-        result = statistic(y_true[picks], y_score[picks])
-        if not math.isnan(result):
-            samples.append(result)
-    if not samples:
-        return Interval(value, math.nan, math.nan)
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return Interval(float(value), float(low), float(high))
+    y_true = np.asarray(y_true)
+    blocks = [np.array([index]) for index in range(len(y_true))]
+    return _block_bootstrap(statistic, y_true, np.asarray(y_score), blocks, repeats, seed)
 
 
 def group_bootstrap_interval(
@@ -188,6 +178,19 @@ def group_bootstrap_interval(
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
     blocks = [np.array(indices) for indices in members.values()]
+    return _block_bootstrap(statistic, y_true, y_score, blocks, repeats, seed)
+
+
+def _block_bootstrap(
+    statistic,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    blocks: list[np.ndarray],
+    repeats: int,
+    seed: int,
+) -> Interval:
+    """Percentile interval of `statistic` over resamples of whole blocks of indices;
+    resamples where the statistic is undefined (NaN, say one class missing) are dropped."""
     value = statistic(y_true, y_score)
     rng = np.random.default_rng(seed)
     samples = []
