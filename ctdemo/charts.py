@@ -82,19 +82,24 @@ def training_curves(
     return figure
 
 
+def _count_heatmap(
+    matrix: list[list[int]], true_names: list[str], predicted_names: list[str]
+) -> go.Heatmap:
+    """Counts with true classes as rows and predicted ones as columns, each cell labelled."""
+    return go.Heatmap(
+        z=matrix,
+        x=[f"predicted {name}" for name in predicted_names],
+        y=[f"true {name}" for name in true_names],
+        text=matrix,
+        texttemplate="%{text}",
+        colorscale="Blues",
+        showscale=False,
+    )
+
+
 def confusion_matrix(matrix: list[list[int]], class_names: list[str]) -> go.Figure:
     """Counts of true (rows) against predicted (columns) classes."""
-    figure = go.Figure(
-        go.Heatmap(
-            z=matrix,
-            x=[f"predicted {name}" for name in class_names],
-            y=[f"true {name}" for name in class_names],
-            text=matrix,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            showscale=False,
-        )
-    )
+    figure = go.Figure(_count_heatmap(matrix, class_names, class_names))
     figure.update_layout(
         height=120 + 60 * len(class_names),
         yaxis={"autorange": "reversed"},
@@ -220,15 +225,7 @@ def confusion_matrices(
     for column, name in enumerate(names, start=1):
         matrix, true_names, predicted_names = panels[name]
         figure.add_trace(
-            go.Heatmap(
-                z=matrix,
-                x=[f"predicted {c}" for c in predicted_names],
-                y=[f"true {c}" for c in true_names],
-                text=matrix,
-                texttemplate="%{text}",
-                colorscale="Blues",
-                showscale=False,
-            ),
+            _count_heatmap(matrix, true_names, predicted_names),
             row=1,
             col=column,
         )
