@@ -461,6 +461,13 @@ def _row(key: str, metric: str, **fields) -> dict:
     return {"key": key, "metric": metric, "higher_is_better": True, **fields}
 
 
+def _fact_row(key: str, label: str, values: dict, text: dict[str, str]) -> dict:
+    """A row that describes the models (size, training time) rather than scoring them."""
+    return _row(
+        key, label, values=values, text=text, interval=None, test=None, higher_is_better=None
+    )
+
+
 def _pairs(names: list[str]) -> list[tuple[str, str]]:
     return list(itertools.combinations(names, 2))
 
@@ -662,17 +669,7 @@ def _property_rows(comparison: Comparison) -> list[dict]:
             text = {n: str(v) for n, v in values.items()}
         else:
             text = {n: _plain(v, pattern) for n, v in values.items()}
-        rows.append(
-            _row(
-                key,
-                label,
-                values=values,
-                text=text,
-                interval=None,
-                test=None,
-                higher_is_better=None,
-            )
-        )
+        rows.append(_fact_row(key, label, values, text))
     return rows
 
 
@@ -985,17 +982,7 @@ def card_comparison(cards: Mapping[str, ModelCard]) -> list[dict]:
             text = {n: _plain(v, "{:,}") for n, v in values.items()}
         else:
             text = {n: "–" if v is None else str(v) for n, v in values.items()}
-        rows.append(
-            _row(
-                key,
-                label,
-                values=values,
-                text=text,
-                interval=None,
-                test=None,
-                higher_is_better=None,
-            )
-        )
+        rows.append(_fact_row(key, label, values, text))
     for row in rows:
         row.update(basis=basis, comparisons=[], better=None)
     return rows
