@@ -217,6 +217,8 @@ def forward_flops(architecture: Architecture) -> float:
             channels = width
         if block < len(architecture.filters) - 1:
             size = max(1, size // 2)
+    if architecture.features == "pixels+distribution":
+        channels += 2 * DEFAULT_QUANTILES
     for units in (*architecture.hidden_units, 2):
         flops += 2 * channels * units
         channels = units

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from ctdemo.cards import ModelLoadError, card_path, load_model, save_model
 from ctdemo.data import load_arrays
 from ctdemo.experiment import evaluate, train_on_folder
+from ctdemo.features import DEFAULT_QUANTILES
 from ctdemo.models import LAST_CONV, PRESETS, Architecture, build_cnn, build_mlp, build_model
 from ctdemo.splits import SplitSpec
 from ctdemo.training import TrainConfig, fitted_part, member_cross_entropy, train
@@ -205,6 +207,43 @@ def test_a_cnn_reads_density_only_with_fixed_scaling(scaling):
     change = np.abs(np.asarray(model(slices * 0.5)) - np.asarray(model(slices))).max()
     # Per-image standardisation maps a dimmer copy onto the same input (up to its epsilon).
     assert (change < 0.05) == (scaling == "per-image"), change
+
+
+def test_the_distribution_gives_a_per_image_cnn_its_density_back():
+    """Per-image standardisation maps a dimmer copy onto the same input; the quantiles beside
+    the pooled features still tell the head how dense the slice is."""
+    model = build_cnn(
+        16, 2, (4,), (), 0.0, input_scaling="per-image", features="pixels+distribution"
+    )
+    slices = np.random.default_rng(0).random((2, 16, 16, 1)).astype("float32")
+    change = np.abs(np.asarray(model(slices * 0.5)) - np.asarray(model(slices))).max()
+    assert change > 0.05, change
+    assert [tuple(t.shape) for t in model.get_layer("features_and_distribution").input] == [
+        (None, 4),
+        (None, 2 * DEFAULT_QUANTILES),
+    ]
+    assert "quantiles" in Architecture("cnn", 96, 0.2, features="pixels+distribution").in_model()
+    with pytest.raises(ValueError, match="Unknown CNN features"):
+        build_cnn(16, 2, (4,), (), 0.0, features="distribution")
+
+
+def test_an_ensemble_with_the_distribution_trains_and_round_trips(tiny_dataset, tmp_path):
+    architecture = replace(TINY_CNN, members=2, features="pixels+distribution")
+    config = TrainConfig(architecture, epochs=2, batch_size=8, patience=0)
+    spec = SplitSpec("grouped", 0.25, 0, block_size=4)
+    result, card = train_on_folder(tiny_dataset, config, spec, "tiny", command="test")
+    assert result.model.get_layer("features_and_distribution").output.shape == (
+        None,
+        2,
+        8 + 2 * DEFAULT_QUANTILES,
+    )
+    save_model(result.model, card, tmp_path / "hybrid.keras")
+    model, loaded = load_model(tmp_path / "hybrid.keras")
+    assert Architecture.from_dict(loaded.architecture) == architecture
+    x = load_arrays(tiny_dataset, 32).x[:5]
+    np.testing.assert_allclose(
+        model.predict_on_batch(x), result.model.predict_on_batch(x), atol=1e-5
+    )
 
 
 TINY_ENSEMBLE = Architecture("cnn", 32, 0.1, hidden_units=(8,), filters=(4, 8), members=3)
