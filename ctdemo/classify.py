@@ -191,4 +191,10 @@ def explanation_note(card: ModelCard) -> str | None:
             "things are: its saliency is spread over every pixel whose brightness or edge rank "
             "sways the answer, not gathered on a region. Compare the CNN's Grad-CAM."
         )
+    if card.architecture.get("features") == "pixels+distribution":
+        return (
+            "Besides what its convolutions see, this CNN's last layers read how bright the "
+            "whole slice is and how sharp its edges are (the MLP's cue). A heatmap shows only "
+            "the convolutions' part: that overall density has no place on the slice to light up."
+        )
     return None

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from ctdemo import classify
+from ctdemo.cards import ModelCard
 from ctdemo.catalog import card_sections, shipped_cards
 from ctdemo.charts import probability_bars, training_curves
 from ctdemo.classify import SliceResult
@@ -113,3 +114,17 @@ def test_an_image_strip_puts_images_side_by_side_with_white_gaps():
     assert strip.shape == (4, 3 + 2 + 3)
     assert np.all(strip[:, :3] == 0.0) and np.all(strip[:, 3:5] == 1.0)
     assert np.all(strip[:, 5:] == 0.5)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "says"),
+    [
+        ({"kind": "mlp", "features": "distribution"}, "not where things are"),
+        ({"kind": "cnn", "features": "pixels+distribution"}, "only the convolutions' part"),
+        ({"kind": "cnn", "features": "pixels"}, None),
+    ],
+)
+def test_the_heatmap_note_says_what_a_map_cannot_show(architecture, says):
+    card = ModelCard("m", ["COVID", "non-COVID"], "COVID", {"image_size": 32}, architecture)
+    note = classify.explanation_note(card)
+    assert note is None if says is None else says in note
