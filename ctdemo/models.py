@@ -121,7 +121,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "cnn-large",
-            "The shipped CNN: 4 blocks of two 3x3 convolutions + batch norm on 96x96 slices.",
+            "The shipped CNN: 4 blocks of two 3x3 convolutions + batch norm on 96x96 slices; "
+            "its head also reads the slice's intensity and edge quantiles.",
             Architecture(
                 "cnn",
                 96,
@@ -130,6 +131,7 @@ PRESETS: dict[str, Preset] = {
                 filters=(16, 32, 64, 128),
                 convs_per_block=2,
                 input_scaling="per-image",  # fixed: 92.7% against 92.4% on split 0, no gain
+                features="pixels+distribution",  # see CNN_FEATURES
             ),
             epochs=30,
             learning_rate=1e-3,
@@ -218,8 +220,11 @@ CNN_FEATURES = {
     "pixels+distribution": "those and the slice's intensity and edge-strength quantiles",
 }
 """What the dense layers read. A CNN's per-image scaling erases how dense a slice is, and its
-pooled features are local texture; the quantiles give the head the density back. Measured
-with the shipped recipe on grouped splits 0, 1, 2: see the 'cnn-large' preset."""
+pooled features are local texture; the quantiles give the head the density back. The shipped
+'cnn-large' on grouped splits 0, 1, 2 (validation accuracy / ROC AUC): pixels 92.4/0.978,
+88.0/0.942, 90.9/0.966; pixels+distribution 93.5/0.976, 89.5/0.943, 91.7/0.981 (mean 90.4% to
+91.6%). Averaging the pixels-only CNN with a separately trained MLP did about as well on
+splits 1 and 2 (90.3-91.3%, 91.7-91.9%): the two read different cues."""
 
 
 def build_mlp(

@@ -54,9 +54,10 @@ def record(job_id: str, settings: TrainSettings, snapshot, card: ModelCard | Non
 
 def run_label(settings: TrainSettings) -> str:
     ensemble = f" ×{settings.members}" if settings.is_cnn and settings.members > 1 else ""
+    density = " + density" if settings.is_cnn and settings.density else ""
     return (
-        f"{settings.arch}{ensemble} · dropout {settings.dropout:g} · {settings.split} split · "
-        f"seed {settings.seed}"
+        f"{settings.arch}{ensemble}{density} · dropout {settings.dropout:g} · "
+        f"{settings.split} split · seed {settings.seed}"
     )
 
 

@@ -57,6 +57,7 @@ class TrainSettings:
     split: str = "grouped"
     seed: int = 0
     members: int = 1  # CNN: copies trained side by side, logits averaged
+    density: bool = False  # CNN: the head also reads the slice's intensity and edge quantiles
 
     @property
     def is_cnn(self) -> bool:
@@ -75,6 +76,7 @@ class TrainSettings:
             filters=self.layers,
             hidden_units=self.dense,
             members=self.members,
+            features="pixels+distribution" if self.density else "pixels",
         )
 
     def config(self) -> TrainConfig:
@@ -126,6 +128,7 @@ def defaults(arch: str = "cnn") -> TrainSettings:
         patience=max(1, preset.patience),
         augment=preset.augment,
         members=architecture.members,
+        density=architecture.features == "pixels+distribution",
     )
 
 
@@ -146,7 +149,7 @@ def from_query(query: dict[str, str]) -> TrainSettings:
 
 
 def _parse(name: str, text: str):
-    if name in ("early", "augment"):
+    if name in ("early", "augment", "density"):
         return text.strip().lower() in ("1", "true", "yes", "on")
     if name in ("layers", "dense"):
         return parse_units(text, allow_empty=name == "dense")

@@ -121,19 +121,24 @@ def test_the_split_lesson_trains_the_other_split_and_explains(tiny_data):
     assert len(app.multiselect(key="overlay_runs").value) == 2
 
 
-def test_an_ensemble_trains_as_one_model_and_says_so(tiny_data):
+def test_an_ensemble_that_reads_the_density_trains_as_one_model_and_says_so(tiny_data):
     app = small_cnn(open_train(), epochs=2)
     single = parameters_shown(app)
     app.number_input(key="set_members").set_value(2).run()
     assert app.query_params["members"] == "2"
     assert parameters_shown(app) == 2 * single
+    app.checkbox(key="set_density").check().run()
+    assert app.query_params["density"] == "1"
+    assert parameters_shown(app) > 2 * single
     app.button(key="train").click().run()
     run_until(app, lambda a: "train_result" in a.session_state)
     assert not app.error and app.metric
     model = app.session_state["train_result"][3]
     assert model.get_layer("member_logits").output.shape[1:] == (2, 2)
+    assert model.get_layer("features_and_distribution").output.shape[1] == 2
     app.selectbox(key="set_arch").set_value("mlp").run()
     assert app.number_input(key="set_members").disabled
+    assert app.checkbox(key="set_density").disabled
 
 
 def parameters_shown(app: AppTest) -> int:

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from ctdemo.models import PRESETS, build_model
+from ctdemo.runs import run_label
 from ctdemo.train_settings import (
     ARCHITECTURES,
     MAX_MEMBERS,
@@ -46,6 +47,18 @@ def test_members_round_trip_clamp_and_apply_to_cnns_only():
     assert from_query({"members": "-2"}).members == 1
     assert from_query({"members": "two"}).members == 1
     assert replace(defaults("mlp"), members=3).architecture().members == 1
+
+
+def test_density_round_trips_and_reaches_the_cnn_head_only():
+    dense = replace(defaults("cnn"), density=True)
+    assert from_query(dense.to_query()) == dense
+    assert dense.architecture().features == "pixels+distribution"
+    assert defaults("cnn").architecture().features == "pixels"
+    assert forward_flops(dense.architecture()) > forward_flops(defaults("cnn").architecture())
+    assert from_query({"density": "yes"}).density is True
+    assert from_query({"density": "<script>"}).density is False
+    assert replace(defaults("mlp"), density=True).architecture().features == "distribution"
+    assert "cnn + density · dropout" in run_label(dense)
 
 
 def test_hostile_or_broken_url_values_fall_back_or_clamp():
