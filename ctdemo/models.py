@@ -28,7 +28,8 @@ INPUT_SCALINGS = {
 """Measured on the grouped split with the 'cnn' preset (validation accuracy / ROC AUC, splits
 0, 1, 2): per-image standardisation 88.8/0.956, 82.0/0.880, 90.6/0.972; fixed scaling
 93.5/0.974, 84.0/0.911, 91.1/0.980. Standardising erases how dense a slice is. The shipped
-'cnn-large' gained nothing from it (92.7% against 92.4% on split 0) and keeps per-image."""
+'cnn-large' gained nothing from it (92.7% against 92.4% on split 0, pixels only) and keeps
+per-image, with the quantiles beside its pooled features instead (CNN_FEATURES)."""
 
 BN_MOMENTUM = 0.9
 """Batch-norm statistics follow the weights within ~10 steps (Keras's 0.99 lags ~100 steps:

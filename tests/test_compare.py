@@ -422,10 +422,13 @@ def test_shipped_models_on_the_demo_bundle_tell_their_cards_story():
     for name, (_, model_card) in models.items():
         accuracy = rows["accuracy"]["values"][name]["value"]
         assert abs(accuracy - model_card.validation["accuracy"]["value"]) < 0.07, name
-    # On these 300 slices of unseen patients the CNN leads the distribution MLP by about a
-    # point, in accuracy and in ROC AUC, and neither difference is significant.
+    # On these 300 slices of unseen patients the CNN leads the distribution MLP by 3 points
+    # of accuracy and 0.016 of ROC AUC, neither significant; it calls fewer non-COVID slices
+    # COVID, and that difference is.
     for key in ("accuracy", "roc_auc"):
         values = rows[key]["values"]
         assert values["cnn"]["value"] >= values["mlp"]["value"], key
         (test,) = rows[key]["comparisons"]
         assert test["p_value"] > 0.05 and rows[key]["better"] is None, key
+    (test,) = rows["specificity"]["comparisons"]
+    assert test["p_value"] < 0.01 and rows["specificity"]["better"] == "cnn"

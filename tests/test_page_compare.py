@@ -33,7 +33,9 @@ def test_fresh_clone_compares_the_shipped_models_on_the_demo_set(monkeypatch):
     assert "%" in accuracy["cnn"] and "(" in accuracy["cnn"]
     assert "cnn vs mlp: no significant difference (p = 0." in accuracy["difference"]
     auc = table[table["metric"] == "ROC AUC"].iloc[0]
-    assert "cnn vs mlp: no significant difference (p = 0.3" in auc["difference"]
+    assert "cnn vs mlp: no significant difference (p = 0.1" in auc["difference"]
+    specificity = table[table["metric"] == "Specificity"].iloc[0]
+    assert "cnn better than mlp (p < 0.001)" in specificity["difference"]
     assert "300 slices" in " ".join(caption.value for caption in app.caption)
     assert any("disagree" in header.value for header in app.subheader)
     overlays = [c for image in app.get("image") for c in image.captions]
