@@ -16,6 +16,7 @@ from ctdemo.explain import METHOD_LABELS, to_slice_geometry
 from ctdemo.imaging import SliceError, decode_slice
 from ctdemo.overlay import blend
 from ctdemo.paths import DEMO_BUNDLE_DIR
+from ctdemo.text import plain
 
 MAX_DISAGREEMENTS = 8
 BETTER_STYLE = "background-color: #d8f0dc; font-weight: bold"
@@ -45,13 +46,13 @@ def data_root() -> str | None:
     try:
         return str(import_zip_dataset(upload.getvalue(), resources.owner_id()).root)
     except (ArchiveError, DatasetError) as error:
-        st.error(f"This zip cannot be used: {error}")
+        st.error(f"This zip cannot be used: {plain(error)}")
         return None
 
 
 def from_cards(names: dict[str, str], why: str) -> None:
     """No readable images: compare what the cards say, and say that is what it is."""
-    st.info(f"{why} So this comparison comes from the models' cards instead.")
+    st.info(f"{plain(why)} So this comparison comes from the models' cards instead.")
     cards = {name: resources.get_model(key)[1] for key, name in names.items()}
     rows = compare.card_comparison(cards)
     st.dataframe(compare.display_rows(rows, list(cards)), hide_index=True, key="card_table")
@@ -117,12 +118,12 @@ try:
         tuple(chosen), root, tuple(unseen.relative(path) for path in unseen.files), models
     )
 except (ValueError, DatasetError) as error:
-    st.error(f"These models cannot be compared on these slices: {error}")
+    st.error(f"These models cannot be compared on these slices: {plain(error)}")
     st.stop()
 
 splits = {card.split.get("method", "?") for card in cards.values() if card.split}
 st.caption(
-    f"Evaluated on {result.n} slices: {fairness} The models' own splits: "
+    f"Evaluated on {result.n} slices: {plain(fairness)} The models' own splits: "
     f"{', '.join(sorted(splits)) or 'unknown'}; each card's validation split also chose its "
     "best epoch (early stopping), so card numbers are slightly optimistic; these are not."
 )
@@ -164,7 +165,7 @@ right.plotly_chart(figures["calibration"], key="calibration")
 if result.binary:
     st.subheader("Sensitivity against specificity")
     threshold = st.slider(
-        f"Call a slice {result.positive_class} when its probability is at least",
+        f"Call a slice {plain(result.positive_class)} when its probability is at least",
         0.0,
         1.0,
         0.5,
@@ -174,11 +175,11 @@ if result.binary:
     columns = st.columns(len(result.names))
     for column, name in zip(columns, result.names, strict=True):
         (point,) = compare.threshold_tradeoff(result, name, [threshold])
-        column.metric(f"{name}: sensitivity", f"{point['sensitivity']:.1%}")
-        column.metric(f"{name}: specificity", f"{point['specificity']:.1%}")
+        column.metric(f"{plain(name)}: sensitivity", f"{point['sensitivity']:.1%}")
+        column.metric(f"{plain(name)}: specificity", f"{point['specificity']:.1%}")
 
 first, second = result.names[:2]
-st.subheader(f"Where {first} and {second} disagree")
+st.subheader(f"Where {plain(first)} and {plain(second)} disagree")
 order = st.selectbox(
     "Sort by",
     ["confidence", "both", "file"],
@@ -194,7 +195,7 @@ st.caption(f"{len(rows)} of {result.n} slices; the first {min(len(rows), MAX_DIS
 keys = {name: key for key, name in names.items()}
 for row in rows[:MAX_DISAGREEMENTS]:
     columns = st.columns([1, 2, 2])
-    columns[0].markdown(f"**{row['file']}**  \ntrue: {row['truth']}")
+    columns[0].markdown(f"**{plain(row['file'])}**  \ntrue: {plain(row['truth'])}")
     for column, side in zip(columns[1:], ("a", "b"), strict=True):
         name = row[side]
         try:
@@ -202,11 +203,12 @@ for row in rows[:MAX_DISAGREEMENTS]:
                 keys[name], root, row["file"], row[f"{side}_predicted"]
             )
         except (OSError, SliceError):
-            column.warning(f"{row['file']} can no longer be read.")
+            column.warning(f"{plain(row['file'])} can no longer be read.")
             continue
         verdict = f"{row[f'{side}_predicted']} {format_probability(row[f'{side}_probability'])}"
         mark = "✓" if row["right"] == name else "✗"
-        column.image(image, caption=f"{name}: {verdict} {mark} ({method})", width=220)
+        caption = plain(f"{name}: {verdict}")
+        column.image(image, caption=f"{caption} {mark} ({method})", width=220)
 
 st.subheader("Export")
 columns = st.columns(3)
