@@ -1,0 +1,141 @@
+"""Can the shipped models' heatmaps be trusted? Lungs, faithfulness and sanity on the demo set.
+
+    python benchmarks/trust_bench.py [--limit 60] [--sanity 12] [--repeats 15]
+
+For each shipped model and each of its explanation methods, over the first `--limit` slices of
+the embedded demo bundle (patients the models never trained on), each explained for its true
+class:
+- heat inside the lungs against the lungs' share of the slice (`ctdemo.lungs`), mean and 95%
+  bootstrap interval, and the median over slices of their ratio;
+- faithfulness: the deletion score against a random order (`ctdemo.faithfulness`);
+- sanity: the rank correlation between the trained model's map and the fully randomised
+  model's (`ctdemo.sanity`), on the first `--sanity` slices.
+Then warm medians of the steps Classify adds: segmentation (at the slice's own size), the
+deletion curve, and a whole `trust.assess` (explain, segment, delete).
+Prints tables and writes benchmarks/results/trust.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from ctdemo.cards import load_model
+from ctdemo.data import scan_image_folder
+from ctdemo.explain import METHOD_LABELS, available_methods, explain
+from ctdemo.faithfulness import deletion_curve
+from ctdemo.imaging import decode_slice
+from ctdemo.inference import model_input, probabilities
+from ctdemo.lungs import segment_lungs
+from ctdemo.paths import DEMO_BUNDLE_DIR, WEIGHTS_DIR
+from ctdemo.sanity import cascading_randomisation
+from ctdemo.trust import assess, estimate
+
+
+def interval(values: list) -> str:
+    result = estimate(values)
+    if result is None:
+        return "n/a"
+    return f"{result.mean:.3f} ({result.low:.3f}-{result.high:.3f})"
+
+
+def as_dict(values: list) -> dict | None:
+    result = estimate(values)
+    return None if result is None else result.__dict__
+
+
+def median_ms(function, repeats: int) -> float:
+    function()  # warm
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=60)
+    parser.add_argument("--sanity", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    folder = scan_image_folder(DEMO_BUNDLE_DIR)
+    step = max(1, len(folder.files) // args.limit)  # spread over both classes and many blocks
+    chosen = list(range(0, len(folder.files), step))[: args.limit]
+    slices = [
+        (decode_slice(folder.files[i].read_bytes(), folder.files[i].name).pixels, folder.labels[i])
+        for i in chosen
+    ]
+    results: dict = {"slices": len(slices), "models": {}}
+    print(f"{len(slices)} demo-bundle slices, each explained for its true class\n")
+    print(f"{'model':<5} {'method':<20} {'heat in lungs':>22} {'lung area':>22} {'ratio':>6} "
+          f"{'deletion score':>22} {'sanity r':>22}")  # fmt: skip
+    for name in ("cnn", "mlp"):
+        model, card = load_model(WEIGHTS_DIR / f"{name}.keras")
+        results["models"][name] = {}
+        for method in available_methods(model):
+            reports = [assess(model, card, pixels, method, int(label)) for pixels, label in slices]
+            shares = [report.lung_share for report in reports]
+            areas = [report.lung_area for report in reports]
+            ratios = [s / a for s, a in zip(shares, areas, strict=True) if s is not None and a]
+            scores = [report.faithfulness.score for report in reports]
+            sanity = []
+            for pixels, label in slices[: args.sanity]:
+                steps = cascading_randomisation(
+                    model, model_input(pixels, card), method, int(label)
+                )
+                sanity.append(steps[-1].correlation)
+            row = {
+                "lung_share": as_dict(shares),
+                "lung_area": as_dict(areas),
+                "median_ratio": statistics.median(ratios) if ratios else None,
+                "deletion_score": as_dict(scores),
+                "sanity_correlation": as_dict(sanity),
+            }
+            results["models"][name][method] = row
+            ratio = f"{row['median_ratio']:.2f}" if ratios else "n/a"
+            print(f"{name:<5} {METHOD_LABELS[method]:<20} {interval(shares):>22} "
+                  f"{interval(areas):>22} {ratio:>6} {interval(scores):>22} "
+                  f"{interval(sanity):>22}", flush=True)  # fmt: skip
+
+    model, card = load_model(WEIGHTS_DIR / "cnn.keras")
+    pixels, label = slices[0]
+    x = model_input(pixels, card)
+    heatmap = explain(model, x, "gradcam", int(label))
+    timings = {
+        "segmentation_ms": median_ms(lambda: segment_lungs(pixels), args.repeats),
+        "deletion_curve_ms": median_ms(
+            lambda: deletion_curve(
+                lambda batch: probabilities(model, batch)[:, int(label)], x, heatmap
+            ),
+            args.repeats,
+        ),
+        "assess_gradcam_ms": median_ms(
+            lambda: assess(model, card, pixels, "gradcam", int(label)), args.repeats
+        ),
+    }
+    results["timings_shipped_cnn"] = timings
+    print("\nwarm medians on the shipped CNN, one slice:")
+    for key, value in timings.items():
+        print(f"  {key:<20} {value:8.1f} ms")
+    out = ROOT / "benchmarks" / "results" / "trust.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=float))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
