@@ -3,12 +3,15 @@
 Every entry is checked before anything is written: no absolute paths, no `..`, no symbolic
 links, no nested archives unpacked, caps on the number of files and on the total unpacked
 size (declared sizes are checked first, then the bytes actually written, so a lying header
-cannot get past the cap).
+cannot get past the cap), and names the file system can hold (no component over 255 bytes,
+bounded length and depth; a name the archive says is UTF-8 must be UTF-8).
 """
 
 from __future__ import annotations
 
+import errno
 import lzma
+import os
 import shutil
 import stat
 import zipfile
@@ -27,6 +30,16 @@ class ArchiveLimits:
     max_files: int = 20_000
     max_total_bytes: int = 2 * 1024**3
     max_file_bytes: int = 64 * 1024**2
+    max_path_bytes: int = 1024
+    """A member's path inside the archive, in bytes: the server's own folders come on top of
+    it, and Linux refuses whole paths over 4,096 bytes (PATH_MAX)."""
+    max_depth: int = 32
+    """Folders within folders above a member: a dataset needs a handful
+    (wrapper/train/class/patient/)."""
+
+
+MAX_NAME_BYTES = 255
+"""The longest file or folder name (one path component) Linux file systems hold (NAME_MAX)."""
 
 
 def _safe_member_path(name: str) -> PurePosixPath:
@@ -38,6 +51,33 @@ def _safe_member_path(name: str) -> PurePosixPath:
     if not path.parts:
         raise ArchiveError(f"The archive holds an entry with no name ({name!r}).")
     return path
+
+
+def _check_name_fits(path: PurePosixPath, limits: ArchiveLimits) -> None:
+    """Refuse, before anything is written, a name no file system here could hold."""
+    sizes = [len(os.fsencode(part)) for part in path.parts]
+    if max(sizes) > MAX_NAME_BYTES:
+        longest = path.parts[sizes.index(max(sizes))]
+        raise ArchiveError(
+            f"The archive holds a file or folder name of {max(sizes):,} bytes "
+            f"({_shorten(longest)}); names over {MAX_NAME_BYTES} bytes cannot be stored. "
+            "Rename it and zip the folder again."
+        )
+    if len(sizes) - 1 > limits.max_depth:
+        raise ArchiveError(
+            f"The archive nests folders {len(sizes) - 1:,} deep ({_shorten(str(path))}); "
+            f"at most {limits.max_depth} levels are accepted."
+        )
+    if sum(sizes) + len(sizes) - 1 > limits.max_path_bytes:
+        raise ArchiveError(
+            f"The archive holds a path of {sum(sizes) + len(sizes) - 1:,} bytes "
+            f"({_shorten(str(path))}); at most {limits.max_path_bytes:,} are accepted."
+        )
+
+
+def _shorten(name: str, keep: int = 60) -> str:
+    """A name short enough to quote in a message (the hostile ones run to thousands)."""
+    return repr(name) if len(name) <= keep else repr(name[:keep]) + "…"
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
@@ -59,11 +99,15 @@ def safe_extract(
             written_total = 0
             for info in members:
                 destination = target.joinpath(*_safe_member_path(info.filename).parts)
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                written_total += _copy_bounded(bundle, info, destination, limits, written_total)
+                written_total += _write_member(bundle, info, destination, limits, written_total)
             return len(members)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError):  # damaged member data
         raise ArchiveError("This file is not a zip archive, or it is damaged.") from None
+    except UnicodeDecodeError:  # zipfile decodes names flagged UTF-8 (bit 11) strictly
+        raise ArchiveError(
+            "The archive marks its file names as UTF-8 but one of them is not; "
+            "zip the folder again with another tool."
+        ) from None
     except (zipfile.LargeZipFile, NotImplementedError, RuntimeError) as error:
         raise ArchiveError(f"The archive cannot be unpacked ({error}).") from None
 
@@ -77,7 +121,7 @@ def _check_members(members: list[zipfile.ZipInfo], limits: ArchiveLimits) -> Non
         )
     declared = 0
     for info in members:
-        _safe_member_path(info.filename)
+        _check_name_fits(_safe_member_path(info.filename), limits)
         if _is_symlink(info):
             raise ArchiveError(f"The archive holds a symbolic link ({info.filename!r}).")
         if info.file_size > limits.max_file_bytes:
@@ -97,6 +141,26 @@ def _check_members(members: list[zipfile.ZipInfo], limits: ArchiveLimits) -> Non
             f"The archive unpacks to {declared / 2**30:.1f} GB; "
             f"at most {limits.max_total_bytes / 2**30:.1f} GB is accepted."
         )
+
+
+def _write_member(
+    bundle: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    destination: Path,
+    limits: ArchiveLimits,
+    written_before: int,
+) -> int:
+    """Create the member's folders and copy it; a name still too long for this server (its
+    own folders count too) is refused like any other bad name."""
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        return _copy_bounded(bundle, info, destination, limits, written_before)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        raise ArchiveError(
+            f"The archive holds a path too long for this server ({_shorten(info.filename)})."
+        ) from None
 
 
 def _copy_bounded(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -83,13 +84,25 @@ class ModelCard:
         return None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        """Strict JSON: an undefined number (a NaN loss in the history) is written as null."""
+        return json.dumps(json_safe(asdict(self)), indent=1, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         values = json.loads(text)
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def json_safe(value: object) -> object:
+    """`value` with every NaN or infinite float, however deep, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def default_positive_class(class_names: list[str]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctdemo.cards import CARD_SUFFIX, ModelCard
+from ctdemo.metrics import shown
 from ctdemo.paths import WEIGHTS_DIR
 
 
@@ -40,9 +41,10 @@ def shipped_model_summaries(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
 
 
 def _interval_text(interval: dict) -> str:
-    if not interval:
+    if not interval or interval.get("value") is None:
         return "–"
-    return f"{interval['value']:.1%} (95% CI {interval['low']:.1%}–{interval['high']:.1%})"
+    low, high = shown(interval.get("low")), shown(interval.get("high"))
+    return f"{shown(interval['value'])} (95% CI {low}–{high})"
 
 
 def card_sections(card: ModelCard) -> dict[str, list[dict[str, str]]]:

@@ -941,7 +941,7 @@ def card_comparison(cards: Mapping[str, ModelCard]) -> list[dict]:
                 text={
                     name: "–"
                     if value is None
-                    else (_number if key == "roc_auc" else _percent)(Interval(**value))
+                    else (_number if key == "roc_auc" else _percent)(Interval.from_dict(value))
                     for name, value in values.items()
                 },
                 interval="as recorded in the card (Wilson 95%; bootstrap for F1 and ROC AUC)",

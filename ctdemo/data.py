@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+import unicodedata
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ctdemo import paths
-from ctdemo.imaging import IMAGE_EXTENSIONS, SliceError, decode_slice, to_model_input
+from ctdemo.imaging import (
+    IMAGE_EXTENSIONS,
+    SliceError,
+    declared_pixels,
+    decode_slice,
+    read_slice_file,
+    to_model_input,
+)
 
 CACHE_FORMAT = 2
 """Bump when preprocessing changes, so old caches are not reused."""
@@ -111,6 +120,7 @@ def scan_image_folder(root: Path | str) -> ImageFolder:
 
 
 def _check_classes(folder: ImageFolder) -> None:
+    _check_distinct_names(folder.class_names)
     if len(folder.class_names) < 2:
         found = folder.class_names[0] if folder.class_names else "none"
         raise DatasetError(
@@ -120,6 +130,22 @@ def _check_classes(folder: ImageFolder) -> None:
     empty = [name for name, count in folder.class_counts().items() if count == 0]
     if empty:
         raise DatasetError(f"These class folders hold no images: {', '.join(empty)}.")
+
+
+def _check_distinct_names(class_names: list[str]) -> None:
+    """Refuse class folders whose names differ only in capitals (or Unicode form): on Linux
+    `COVID/` and `covid/` would become two classes, on macOS and Windows one."""
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for name in class_names:
+        spellings[unicodedata.normalize("NFKC", name).casefold()].append(name)
+    clashes = [names for names in spellings.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(f"{name}/" for name in names) for names in clashes)
+        raise DatasetError(
+            "These class folders differ only in capitals (or in how an accent is encoded), so "
+            f"they would be two classes of one name: {shown}. Merge them into one folder, or "
+            "rename one."
+        )
 
 
 def fingerprint(folder: ImageFolder, cache_dir: Path | None = None) -> str:
@@ -165,16 +191,55 @@ def _is_digest(text: str) -> bool:
     return len(text) == 32 and all(character in "0123456789abcdef" for character in text)
 
 
+MAX_DATASET_PIXELS = 600_000_000
+"""Pixels one dataset may decode, counted from its files' headers before any is decoded: about
+three times the 1,971 training slices (185 MP in all). A 0.33 MB zip of 1,000 blank 5000 x 5000
+PNGs declares 25,000 MP, and once took 81 s of both cores to decode."""
+
+_GROUP_KINDS = (("PatientID", "patient"), ("StudyInstanceUID", "study"))
+
+
 def _decode_file(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str | None]:
-    """Returns (model input, error, patient/study group from DICOM)."""
+    """Returns (model input, error, DICOM group: "patient:" or "study:" and a keyed digest)."""
     try:
-        decoded = decode_slice(path.read_bytes(), path.name)
+        decoded = decode_slice(read_slice_file(path), path.name)
     except SliceError as error:
         return None, str(error), None
-    except OSError as error:
-        return None, f"could not be read ({error.strerror})", None
-    group = decoded.dicom_groups.get("PatientID") or decoded.dicom_groups.get("StudyInstanceUID")
+    groups = decoded.dicom_groups
+    group = next((f"{kind}:{groups[key]}" for key, kind in _GROUP_KINDS if key in groups), None)
     return to_model_input(decoded.pixels, size), None, group
+
+
+def _declared_pixels(path: Path) -> int:
+    try:
+        return declared_pixels(read_slice_file(path), path.name)
+    except SliceError:
+        return 0  # decoding will give the reason
+
+
+def _check_pixel_budget(folder: ImageFolder, pool: ThreadPoolExecutor) -> None:
+    """Refuse a dataset whose headers declare more than MAX_DATASET_PIXELS, before decoding."""
+    total = sum(pool.map(_declared_pixels, folder.files))
+    if total > MAX_DATASET_PIXELS:
+        raise DatasetError(
+            f"The images of this dataset add up to {total / 1e6:,.0f} megapixels; datasets over "
+            f"{MAX_DATASET_PIXELS / 1e6:,.0f} megapixels are refused so that loading one cannot "
+            "tie up the server (the 1,971 training slices are 185). Use fewer or smaller images."
+        )
+
+
+def _number_groups(groups: dict[str, str]) -> dict[str, str]:
+    """Keyed digests of PatientID / StudyInstanceUID as "patient 1", "study 2", ... in file
+    order: equal IDs keep equal names, so a grouped split keeps a patient's slices together,
+    and no ID nor anything computed from one reaches the cache or a model card."""
+    names: dict[str, str] = {}
+    counts = dict.fromkeys((kind for _, kind in _GROUP_KINDS), 0)
+    for group in groups.values():
+        if group not in names:
+            kind = group.split(":", 1)[0]
+            counts[kind] += 1
+            names[group] = f"{kind} {counts[kind]}"
+    return {file: names[group] for file, group in groups.items()}
 
 
 def load_arrays(
@@ -205,6 +270,7 @@ def load_arrays(
 def _decode_all(folder: ImageFolder, size: int, identity: str, workers: int | None) -> ArrayDataset:
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        _check_pixel_budget(folder, pool)
         results = list(pool.map(lambda path: _decode_file(path, size), folder.files))
     images, labels, files = [], [], []
     skipped = list(folder.skipped)
@@ -230,7 +296,7 @@ def _decode_all(folder: ImageFolder, size: int, identity: str, workers: int | No
         files=files,
         skipped=skipped,
         fingerprint=identity,
-        dicom_groups=groups,
+        dicom_groups=_number_groups(groups),
     )
     present = set(dataset.y.tolist())
     missing = [n for i, n in enumerate(folder.class_names) if i not in present]
@@ -277,7 +343,9 @@ def _write_cache(cache_dir: Path, key: str, dataset: ArrayDataset) -> None:
     meta["meta_checksum"] = _meta_checksum(meta)
     try:
         _write_atomically(cache_dir / f"{key}.npy", lambda s: np.save(s, dataset.x))
-        _write_atomically(cache_dir / f"{key}.json", lambda s: s.write(json.dumps(meta).encode()))
+        _write_atomically(
+            cache_dir / f"{key}.json", lambda s: s.write(json.dumps(meta, allow_nan=False).encode())
+        )
     except OSError:
         pass  # a read-only or full disk only costs the next load a decode
 

@@ -49,7 +49,9 @@ STALE_AFTER_S = 2 * 3600
 session's page re-imports (and so touches) its dataset on every run, and Streamlit offers no
 hook when a session ends."""
 MARKER = ".ctdemo-upload.json"
+WORKSPACE_PREFIX = ".tmp-"
 _SAFE_OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DIGEST_NAME = re.compile(r"[0-9a-f]{32}")
 
 
 def uploads_dir() -> Path:
@@ -88,16 +90,18 @@ def import_zip_dataset(
         os.utime(final)  # most recently used: kept longest
         return _scan(final)
     folder.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    workspace = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=folder))
     try:
         count = safe_extract(io.BytesIO(data), workspace, limits)
         dataset = _scan(workspace)
         (workspace / MARKER).write_text(
             json.dumps(
-                {"files": count, "bytes": len(data), "classes": dataset.class_counts()}, indent=1
+                {"files": count, "bytes": len(data), "classes": dataset.class_counts()},
+                indent=1,
+                allow_nan=False,
             )
         )
-        if final.exists() and not (final / MARKER).is_file():
+        if _made_here(final) and not (final / MARKER).is_file():
             remove_tree(final)  # the remains of an import cut short
         try:
             os.replace(workspace, final)
@@ -135,20 +139,34 @@ def _scan(unpacked: Path) -> ImageFolder:
 
 def remove_stale_uploads(max_age_s: float = STALE_AFTER_S, now: float | None = None) -> None:
     """Delete every upload (and import cut short) untouched for `max_age_s`, and the owner
-    folders that leaves empty: ended sessions' datasets do not fill the server's disk."""
+    folders that leaves empty: ended sessions' datasets do not fill the server's disk. Only
+    what an import made is deleted (`_made_here`)."""
     now = time.time() if now is None else now
     for entry in uploads_dir().glob("*/*"):
         with contextlib.suppress(OSError):
-            if now - entry.stat().st_mtime > max_age_s:
+            if _made_here(entry) and now - entry.stat().st_mtime > max_age_s:
                 remove_tree(entry)
     for owner in uploads_dir().glob("*"):
         with contextlib.suppress(OSError):
             owner.rmdir()  # only if empty
 
 
+def _made_here(entry: Path) -> bool:
+    """A real folder (not a link) named as an import names its folders: the digest of the
+    bytes, or the private workspace's prefix. Nothing else under uploads/ is ever deleted."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    return bool(_DIGEST_NAME.fullmatch(entry.name)) or entry.name.startswith(WORKSPACE_PREFIX)
+
+
+def _is_upload(entry: Path) -> bool:
+    """A finished import: a folder of ours with the marker inside."""
+    return _made_here(entry) and (entry / MARKER).is_file()
+
+
 def _remove_oldest(folder: Path, keep: int, current: Path) -> None:
     kept = sorted(
-        (entry for entry in folder.iterdir() if (entry / MARKER).is_file() and entry != current),
+        (entry for entry in folder.iterdir() if _is_upload(entry) and entry != current),
         key=lambda entry: entry.stat().st_mtime,
         reverse=True,
     )

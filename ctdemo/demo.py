@@ -10,7 +10,9 @@ they trained on.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +88,54 @@ def build_demo_set(data_dir: Path, models: list[Path], out: Path, bundle_size: i
         name: sorted(f for f in val_files if f.split("/", 1)[0] == name)
         for name in folder.class_names
     }
-    staging = out.with_name(out.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+    try:
+        size, count = _write_demo(data_dir, models, model_print, by_class, staging, bundle_size)
+        _swap_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return f"demo set at {out}: {count[0]} samples, {count[1]} bundle slices, {size / 2**20:.2f} MB"
+
+
+def _check_replaceable(out: Path) -> None:
+    """A demo set replaces only a demo set: a folder of anything else is left alone."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder; choose another --out.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise DatasetError(
+            f"{out} holds files that are not a demo set (no manifest.json), so nothing was "
+            "built and they were left as they are; choose a new or empty folder as --out."
+        )
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished set to `out`; an earlier demo set there is moved aside first and
+    put back if the rename fails."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}-previous-", dir=out.parent))
+    try:
+        if out.exists():
+            os.replace(out, aside / "previous")
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if (aside / "previous").exists():
+                os.replace(aside / "previous", out)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_demo(
+    data_dir: Path,
+    models: list[Path],
+    model_print: str,
+    by_class: dict[str, list[str]],
+    staging: Path,
+    bundle_size: int,
+) -> tuple[int, tuple[int, int]]:
+    """Write samples, bundle, README and manifest into `staging`: (bytes, (samples, bundle))."""
     per_class_bundle = bundle_size // len(by_class)
     manifest: dict[str, list[str]] = {"samples": [], "bundle": []}
     for label, files in enumerate(by_class.values()):
@@ -101,7 +149,6 @@ def build_demo_set(data_dir: Path, models: list[Path], out: Path, bundle_size: i
             manifest["bundle"].append(file)
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     if size > MAX_DEMO_BYTES:
-        shutil.rmtree(staging)
         raise DatasetError(f"The demo set would be {size / 2**20:.1f} MB; the limit is 5 MB.")
     command = "python -m ctdemo build-demo --data DATA_DIR"
     (staging / "README.md").write_text(
@@ -125,12 +172,7 @@ def build_demo_set(data_dir: Path, models: list[Path], out: Path, bundle_size: i
         )
         + "\n"
     )
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return (
-        f"demo set at {out}: {len(manifest['samples'])} samples, "
-        f"{len(manifest['bundle'])} bundle slices, {size / 2**20:.2f} MB"
-    )
+    return size, (len(manifest["samples"]), len(manifest["bundle"]))
 
 
 def _write_downsampled(source: Path, target: Path) -> None:

@@ -51,6 +51,7 @@ class ExperimentResult(TrainResult):
 
 
 def make_split(dataset: ArrayDataset, spec: SplitSpec, groups_csv: Path | None = None) -> SplitData:
+    """The run's split; a `DatasetError` names a class too small to be on both sides."""
     groups, source = assign_groups(
         dataset.files,
         dataset.y,
@@ -58,8 +59,8 @@ def make_split(dataset: ArrayDataset, spec: SplitSpec, groups_csv: Path | None =
         read_groups_csv(groups_csv) if groups_csv else None,
         spec.block_size,
     )
-    train_index, val_index = split_indices(dataset.y, groups, spec)
     spec = replace(spec, group_source=source if spec.method == "grouped" else "none")
+    train_index, val_index = split_indices(dataset.y, groups, spec, dataset.class_names)
     return SplitData(dataset.subset(train_index), dataset.subset(val_index), spec)
 
 

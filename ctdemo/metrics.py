@@ -3,6 +3,9 @@
 Binary metrics take `y_true` as 0/1 (1 = the positive class, COVID on the shipped models) and
 `y_score` as the probability of the positive class. Intervals are 95%: Wilson's score interval
 for proportions, a seeded percentile bootstrap for F1 and ROC AUC.
+
+The functions compute with NaN for an undefined number (precision when nothing is called
+positive); the reports turn it into None, so every report is valid JSON and says "n/a".
 """
 
 from __future__ import annotations
@@ -21,8 +24,24 @@ class Interval:
     low: float
     high: float
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | None]:
+        """For a report or a card: None where undefined (JSON has no NaN)."""
+        return {key: defined(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float | None]) -> Interval:
+        """The inverse of `to_dict`: None becomes NaN again."""
+        return cls(**{key: math.nan if value is None else value for key, value in values.items()})
+
+
+def defined(value: float) -> float | None:
+    """`value`, or None where it is undefined (NaN or infinite)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def shown(value: float | None, pattern: str = "{:.1%}") -> str:
+    """A reported number for a person: "n/a" where it is undefined."""
+    return "n/a" if value is None or not math.isfinite(value) else pattern.format(value)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -258,7 +277,7 @@ def classification_report(
         "class_names": class_names,
         "accuracy": wilson_interval(int(np.sum(y_pred == y_true)), len(y_true)).to_dict(),
         "confusion_matrix": confusion_matrix(y_true, y_pred, len(class_names)).tolist(),
-        "expected_calibration_error": expected_calibration_error(y_true, y_prob),
+        "expected_calibration_error": defined(expected_calibration_error(y_true, y_prob)),
     }
     if positive_index is not None and len(class_names) == 2:
         report["positive_class"] = class_names[positive_index]

@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ctdemo.data import DatasetError
+
 SPLIT_METHODS = ("grouped", "random")
 DEFAULT_BLOCK_SIZE = 25
 _NUMBER = re.compile(r"(\d+)")
@@ -86,8 +88,13 @@ def split_indices(
     labels: np.ndarray,
     groups: list[str] | None,
     spec: SplitSpec,
+    class_names: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic, stratified (train, validation) indices for the split in `spec`."""
+    """Deterministic, stratified (train, validation) indices for the split in `spec`.
+
+    Every class has slices on both sides, or a `DatasetError` names the class that is too
+    small (a class seen only in training has no validation metrics: they would be undefined).
+    """
     labels = np.asarray(labels)
     if not 0 < spec.val_fraction < 1:
         raise ValueError("The validation fraction must be between 0 and 1.")
@@ -101,7 +108,45 @@ def split_indices(
         raise ValueError(f"Unknown split {spec.method!r}; choose one of {SPLIT_METHODS}.")
     is_val = np.zeros(len(labels), dtype=bool)
     is_val[val] = True
+    _check_both_sides(labels, groups, is_val, spec, class_names)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _check_both_sides(
+    labels: np.ndarray,
+    groups: list[str] | None,
+    is_val: np.ndarray,
+    spec: SplitSpec,
+    class_names: list[str] | None,
+) -> None:
+    """Refuse a split that leaves a class out of training or out of validation."""
+    for label in np.unique(labels):
+        sides = is_val[labels == label]
+        if sides.any() and not sides.all():
+            continue
+        name = class_names[label] if class_names else str(label)
+        found = len({groups[i] for i in np.flatnonzero(labels == label)}) if groups else 0
+        side = "training" if sides.all() else "validation"
+        raise DatasetError(_too_small(name, side, int(sides.size), found, spec))
+
+
+def _too_small(name: str, side: str, slices: int, groups: int, spec: SplitSpec) -> str:
+    """What is missing, and what would make the split work, in words."""
+    have = f"{slices} slice{'' if slices == 1 else 's'}"
+    if spec.method == "random":
+        need, advice = "2 slices", f"Add {name} images."
+    else:
+        have += (
+            f" in {groups} group{'' if groups == 1 else 's'} (groups stand for patients; "
+            f"here they are {spec.group_source})"
+        )
+        need, advice = "2 groups", f"Add {name} images of another patient"
+        advice += ", or choose the random split." if slices > 1 else "."
+    return (
+        f"This split leaves no slices for {side} in the class {name}: it has {have}, and a "
+        f"{spec.method} split needs at least {need} of each class, one to train on and one to "
+        f"validate on. {advice}"
+    )
 
 
 def _random_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

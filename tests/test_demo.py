@@ -60,3 +60,24 @@ def test_demo_set_refuses_other_data(trained_pair, tmp_path):
     with pytest.raises(DatasetError, match="not the data the models were trained on"):
         build_demo_set(other, models, tmp_path / "demo")
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_folder_of_other_files_is_never_replaced(trained_pair, tmp_path):
+    data, models = trained_pair
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("a person's own work")
+    with pytest.raises(DatasetError, match="not a demo set"):
+        build_demo_set(data, models, out, bundle_size=20)
+    assert [path.name for path in out.iterdir()] == ["thesis.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine"]  # no staging left
+
+
+def test_a_demo_set_is_rebuilt_in_place_leaving_nothing_beside_it(trained_pair, tmp_path):
+    data, models = trained_pair
+    out = tmp_path / "demo"
+    build_demo_set(data, models, out, bundle_size=20)
+    (out / "manifest.json").write_text("{}")  # an older build
+    build_demo_set(data, models, out, bundle_size=10)
+    assert len(json.loads((out / "manifest.json").read_text())["bundle"]) == 10
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from ctdemo.data import scan_image_folder
+from ctdemo.data import DatasetError, scan_image_folder
 from ctdemo.splits import (
     SplitSpec,
     assign_groups,
@@ -93,11 +93,19 @@ def test_random_split_keeps_at_least_one_of_each_class_in_training():
 
 
 def test_grouped_split_leaves_the_last_group_of_a_class_in_training():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    groups = ["a", "a", "a", "d", "b", "b", "c"]
+    for seed in range(5):
+        train, val = split_indices(labels, groups, SplitSpec("grouped", 0.9, seed))
+        assert set(labels[train].tolist()) == {0, 1} == set(labels[val].tolist())
+        check_partition(train, val, 7)
+
+
+def test_grouped_split_refuses_a_class_of_one_group():
     labels = np.array([0, 0, 0, 1, 1, 1])
     groups = ["a", "a", "a", "b", "b", "c"]  # class 0 is one group
-    train, val = split_indices(labels, groups, SplitSpec(method="grouped", val_fraction=0.5))
-    assert set(train.tolist()) >= {0, 1, 2}
-    check_partition(train, val, 6)
+    with pytest.raises(DatasetError, match="no slices for validation in the class 0"):
+        split_indices(labels, groups, SplitSpec(method="grouped", val_fraction=0.5))
 
 
 # ---------------------------------------------------------------------------- groups whole
