@@ -8,9 +8,10 @@ import streamlit as st
 from ctdemo import classify, resources, samples
 from ctdemo.cards import ModelLoadError
 from ctdemo.charts import probability_bars
-from ctdemo.explain import METHOD_LABELS, to_slice_geometry
+from ctdemo.explain import METHOD_LABELS, ExplanationError, to_slice_geometry
 from ctdemo.imaging import LUNG_WINDOW, MEDIASTINUM_WINDOW, Window, is_dicom
 from ctdemo.overlay import COLOUR_MAPS, blend, colourise, png_bytes
+from ctdemo.text import plain
 
 WINDOW_PRESETS = {"Lung": LUNG_WINDOW, "Mediastinum": MEDIASTINUM_WINDOW}
 
@@ -28,13 +29,13 @@ def own_model_form() -> None:
     try:
         model, info = resources.read_own_model(file.getvalue(), file.name)
     except ModelLoadError as error:
-        st.error(f"This model cannot be used: {error}")
+        st.error(f"This model cannot be used: {plain(error)}")
         return
     st.table(
         {
             "input": f"{info.image_size}×{info.image_size}, {info.channels} channel(s)",
             "outputs": f"{info.output_units} ({info.output_activation})",
-            "last convolution": info.last_conv or "none: saliency only",
+            "last convolution": plain(info.last_conv) if info.last_conv else "none: saliency only",
             "parameters": f"{info.parameters:,}",
         }
     )
@@ -69,7 +70,7 @@ def own_model_form() -> None:
                 model, info, class_names, outputs, positive, scaled.startswith("[0, 255]")
             )
         except ValueError as error:
-            st.error(f"This model cannot be used as described: {error}")
+            st.error(f"This model cannot be used as described: {plain(error)}")
             return
         st.session_state["pending_model"] = model_key
         st.rerun()
@@ -148,7 +149,7 @@ def show_prediction(result: classify.SliceResult, card) -> None:
             st.write(result.probabilities)
         return
     top = classify.format_probability(result.probabilities[result.predicted_class])
-    st.subheader(f"{result.predicted_class}: {top}")
+    st.subheader(f"{plain(result.predicted_class)}: {top}")
     st.plotly_chart(
         probability_bars(result.probabilities), key=f"bars_{result.digest}", width="stretch"
     )
@@ -158,8 +159,9 @@ def show_prediction(result: classify.SliceResult, card) -> None:
 def heatmap_on_slice(
     result: classify.SliceResult, model_key: str, window: Window, method: str, class_index: int
 ) -> np.ndarray:
-    """The (cached) explanation of one slice, mapped onto the slice's own shape."""
-    from ctdemo.inference import model_input
+    """The (cached) explanation of one slice, mapped onto the slice's own shape;
+    `ExplanationError` when the method cannot explain this model."""
+    from ctdemo.inference import model_input, slices_per_batch
 
     model, card = resources.get_model(model_key)
     heatmap = resources.explanation(
@@ -170,6 +172,7 @@ def heatmap_on_slice(
         class_index,
         model,
         model_input(result.pixels, card),
+        batch_size=slices_per_batch(card),
     )
     return to_slice_geometry(heatmap, result.pixels.shape)
 
@@ -191,7 +194,7 @@ def heatmap_gallery(results: list[classify.SliceResult], model_key: str, window:
             )
             columns[index % 4].image(
                 blend(result.pixels, on_slice, alpha, st.session_state["cmap"]),
-                caption=f"{result.name}: {predicted} "
+                caption=f"{plain(result.name)}: {plain(predicted)} "
                 f"{classify.format_probability(result.probabilities[predicted])}",
                 width="stretch",
             )
@@ -212,7 +215,7 @@ def show_results(results: list[classify.SliceResult], card, model_key: str, wind
         )
     for result in results:
         if result.error:
-            st.error(f"**{result.name}**: {result.error}")
+            st.error(f"**{plain(result.name)}**: {plain(result.error)}")
     if not good:
         return
     focus = good[0]
@@ -221,17 +224,19 @@ def show_results(results: list[classify.SliceResult], card, model_key: str, wind
         focus = good[names.index(st.selectbox("Look closer at", names, key="focus"))]
         st.divider()
     height, width = focus.pixels.shape
-    st.markdown(f"**{focus.name}** · {focus.source_format} · {width}×{height} pixels")
+    st.markdown(f"**{plain(focus.name)}** · {focus.source_format} · {width}×{height} pixels")
     if focus.tags:
-        st.table({"tag": list(focus.tags), "value": list(focus.tags.values())})
+        st.table({"tag": list(focus.tags), "value": [plain(v) for v in focus.tags.values()]})
     show_prediction(focus, card)
     if not focus.out_of_distribution:
-        show_explanation(focus, model_key, window)
-        if len(good) > 1:
+        explained = show_explanation(focus, model_key, window)
+        if explained and len(good) > 1:
             heatmap_gallery(good, model_key, window)
 
 
-def show_explanation(result: classify.SliceResult, model_key: str, window: Window) -> None:
+def show_explanation(result: classify.SliceResult, model_key: str, window: Window) -> bool:
+    """The chosen explanation of one slice, with its controls; False (and an error shown)
+    when that method cannot explain this model."""
     model, card = resources.get_model(model_key)
     from ctdemo.explain import available_methods
 
@@ -250,10 +255,14 @@ def show_explanation(result: classify.SliceResult, model_key: str, window: Windo
     )
     colour_map = columns[2].selectbox("Colour map", list(COLOUR_MAPS), key="cmap")
     alpha = columns[3].slider("Opacity", 0, 100, 45, 5, format="%d%%", key="alpha") / 100
-    with st.spinner(f"Computing {METHOD_LABELS[method]}…"):
-        on_slice = heatmap_on_slice(
-            result, model_key, window, method, card.class_names.index(explained)
-        )
+    try:
+        with st.spinner(f"Computing {METHOD_LABELS[method]}…"):
+            on_slice = heatmap_on_slice(
+                result, model_key, window, method, card.class_names.index(explained)
+            )
+    except ExplanationError as error:
+        st.error(plain(error))
+        return False
     overlay = blend(result.pixels, on_slice, alpha, colour_map)
     note = classify.explanation_note(card)
     if note:
@@ -269,6 +278,7 @@ def show_explanation(result: classify.SliceResult, model_key: str, window: Windo
         mime="image/png",
         key="download_overlay",
     )
+    return True
 
 
 # ------------------------------------------------------------------ page

@@ -12,8 +12,8 @@ from ctdemo.archives import ArchiveError
 from ctdemo.charts import confusion_matrices, reliability_diagram, roc_overlay, run_overlay
 from ctdemo.classify import CAUTION, digest, format_probability
 from ctdemo.data import DatasetError, resolve_data_source, scan_image_folder
-from ctdemo.explain import METHOD_LABELS, to_slice_geometry
-from ctdemo.imaging import SliceError, decode_slice
+from ctdemo.explain import METHOD_LABELS, ExplanationError, to_slice_geometry
+from ctdemo.imaging import SliceError, decode_slice, read_slice_file
 from ctdemo.overlay import blend
 from ctdemo.paths import DEMO_BUNDLE_DIR
 from ctdemo.text import plain
@@ -65,9 +65,9 @@ def from_cards(names: dict[str, str], why: str) -> None:
 def slice_with_explanation(model_key: str, root: str, file: str, predicted: str):
     """The slice and the model's explanation of its own prediction, over it."""
     from ctdemo.explain import available_methods
-    from ctdemo.inference import model_input
+    from ctdemo.inference import model_input, slices_per_batch
 
-    data = (Path(root) / file).read_bytes()
+    data = read_slice_file(Path(root) / file)
     pixels = decode_slice(data, file).pixels
     model, card = resources.get_model(model_key)
     method = available_methods(model)[0]
@@ -79,6 +79,7 @@ def slice_with_explanation(model_key: str, root: str, file: str, predicted: str)
         card.class_names.index(predicted),
         model,
         model_input(pixels, card),
+        batch_size=slices_per_batch(card),
     )
     return blend(pixels, to_slice_geometry(heatmap, pixels.shape), 0.45), METHOD_LABELS[method]
 
@@ -204,6 +205,9 @@ for row in rows[:MAX_DISAGREEMENTS]:
             )
         except (OSError, SliceError):
             column.warning(f"{plain(row['file'])} can no longer be read.")
+            continue
+        except ExplanationError as error:
+            column.error(plain(error))
             continue
         verdict = f"{row[f'{side}_predicted']} {format_probability(row[f'{side}_probability'])}"
         mark = "✓" if row["right"] == name else "✗"

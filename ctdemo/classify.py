@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ctdemo.cards import ModelCard
-from ctdemo.imaging import LUNG_WINDOW, SliceError, Window, decode_slice
+from ctdemo.imaging import LUNG_WINDOW, SliceError, Window, declared_pixels, decode_slice
 
 if TYPE_CHECKING:
     import keras
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 MAX_FILES = 40
 """Slices classified at once: a batch of 40 explains itself in seconds on a shared server."""
+
+MAX_BATCH_PIXELS = 100_000_000
+"""Pixels one batch may decode, counted from the files' headers before any is decoded: 40
+slices of 1,580 x 1,580, or 8 photos of 12 MP. Forty 25-MP uploads once decoded to 3.9 GB."""
 
 MAX_GALLERY = 12
 """Heatmaps drawn for a batch: enough to compare, few enough to compute in a few seconds."""
@@ -77,13 +81,19 @@ def digest(data: bytes) -> str:
 def decode_files(
     files: Sequence[tuple[str, bytes]], window: Window = LUNG_WINDOW
 ) -> list[SliceResult]:
-    """Decode each (name, bytes); a file that is not a usable slice gets its error."""
+    """Decode each (name, bytes); a file that is not a usable slice gets its error, and so
+    does one whose declared pixels would take the batch past MAX_BATCH_PIXELS."""
     from ctdemo.ood import colour_fraction
 
     results = []
+    budget = MAX_BATCH_PIXELS
     for name, data in files:
         result = SliceResult(name=name, digest=digest(data))
+        cost = declared_pixels(data, name)
         try:
+            if cost > budget:
+                raise SliceError(_over_budget(cost))
+            budget -= cost
             decoded = decode_slice(data, name, window)
         except SliceError as error:
             result.error = str(error)
@@ -96,15 +106,34 @@ def decode_files(
     return results
 
 
+def _over_budget(cost: int) -> str:
+    return (
+        f"This batch is over {MAX_BATCH_PIXELS / 1e6:.0f} megapixels with this file "
+        f"({cost / 1e6:.1f} MP), so it was not decoded; upload fewer or smaller slices "
+        "(a 512 x 512 CT slice is 0.26 MP)."
+    )
+
+
 def predict(results: list[SliceResult], model: keras.Model, card: ModelCard) -> None:
-    """Fill in each decoded slice's class probabilities, in one batch."""
-    from ctdemo.inference import model_input, probabilities
+    """Fill in each decoded slice's class probabilities, in batches the model can afford; a
+    slice the model gives no number for (NaN or infinite output) gets an error instead."""
+    from ctdemo.inference import (
+        NOT_A_NUMBER,
+        is_number,
+        model_input,
+        probabilities,
+        slices_per_batch,
+    )
 
     decoded = [result for result in results if result.pixels is not None]
     if not decoded:
         return
     batch = np.stack([model_input(result.pixels, card) for result in decoded])
-    for result, row in zip(decoded, probabilities(model, batch), strict=True):
+    rows = probabilities(model, batch, slices_per_batch(card))
+    for result, row in zip(decoded, rows, strict=True):
+        if not is_number(row):
+            result.error = NOT_A_NUMBER
+            continue
         result.probabilities = {
             name: float(p) for name, p in zip(card.class_names, row, strict=True)
         }

@@ -282,6 +282,8 @@ def evaluate_models(
     slices), of the time divided by the slices: the model only, decoding and resizing
     excluded; NaN (and no warm-up) when `timing_repeats` is 0.
     """
+    from ctdemo.inference import NOT_A_NUMBER, slices_per_batch
+
     if not models:
         raise ValueError("Choose at least one model to compare.")
     if isinstance(data, Path | str):
@@ -295,7 +297,9 @@ def evaluate_models(
     results = {}
     for name, (model, card) in models.items():
         x = inputs[_spec(card)]
-        probs, ms_per_slice = _predict_and_time(model, x, timing_repeats)
+        probs, ms_per_slice = _predict_and_time(model, x, timing_repeats, slices_per_batch(card))
+        if not np.isfinite(probs).all():
+            raise ValueError(f"{name}: {NOT_A_NUMBER}")
         if probs.shape[1] != len(card.class_names):
             raise ValueError(
                 f"{name} outputs {probs.shape[1]} scores but its card names "
@@ -343,24 +347,24 @@ def _positive(class_names: list[str], models: Mapping, requested: str | None) ->
     return default_positive_class(class_names)
 
 
-def _predict_and_time(model, x: np.ndarray, repeats: int) -> tuple[np.ndarray, float]:
+def _predict_and_time(model, x: np.ndarray, repeats: int, batch: int) -> tuple[np.ndarray, float]:
     """Probabilities for every input, and the median milliseconds per slice of `repeats`
     timed batched predictions: the full pass itself, then passes over up to `TIMING_SLICES`.
     A first prediction on one batch and one more slice traces the model for a full batch and
     for any other size (Keras relaxes the shape on the second trace), so no timed pass pays
     for tracing."""
-    from ctdemo.inference import BATCH_SIZE, probabilities
+    from ctdemo.inference import probabilities
 
     if repeats <= 0:
-        return probabilities(model, x), math.nan
-    probabilities(model, x[: BATCH_SIZE + 1])
+        return probabilities(model, x, batch), math.nan
+    probabilities(model, x[: batch + 1], batch)
     started = time.perf_counter()
-    result = probabilities(model, x)
+    result = probabilities(model, x, batch)
     per_slice = [(time.perf_counter() - started) / len(x)]
     sample = x[:TIMING_SLICES]
     for _ in range(repeats - 1):
         started = time.perf_counter()
-        probabilities(model, sample)
+        probabilities(model, sample, batch)
         per_slice.append((time.perf_counter() - started) / len(sample))
     return result, 1000 * statistics.median(per_slice)
 

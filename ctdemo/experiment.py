@@ -15,7 +15,7 @@ import numpy as np
 
 from ctdemo.cards import ModelCard, default_positive_class, preprocessing_spec, save_model
 from ctdemo.data import ArrayDataset, load_arrays
-from ctdemo.inference import probabilities
+from ctdemo.inference import NOT_A_NUMBER, probabilities, slices_per_batch
 from ctdemo.metrics import classification_report
 from ctdemo.ood import OODDetector, detector_layer, fit_detector, ood_path
 from ctdemo.splits import SplitSpec, assign_groups, read_groups_csv, split_indices
@@ -68,7 +68,11 @@ def evaluate(model: keras.Model, card: ModelCard, dataset: ArrayDataset) -> dict
     """Metrics of `model` on every slice of `dataset`, matching classes by name."""
     y_true = align_labels(dataset, card.class_names)
     x = dataset.x if card.channels == 1 else np.repeat(dataset.x, card.channels, axis=-1)
-    probs = probabilities(model, x)
+    if card.input_scale != 1.0:  # a model that rescales 0-255 pixels itself
+        x = x * np.float32(card.input_scale)
+    probs = probabilities(model, x, slices_per_batch(card))
+    if not np.isfinite(probs).all():
+        raise ValueError(NOT_A_NUMBER)
     return classification_report(y_true, probs, card.class_names, card.positive_index)
 
 

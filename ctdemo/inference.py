@@ -11,11 +11,15 @@ import keras
 import numpy as np
 
 from ctdemo.cards import ModelCard
-from ctdemo.imaging import SliceError, decode_slice, to_model_input
+from ctdemo.imaging import SliceError, decode_slice, read_slice_file, to_model_input
 from ctdemo.metrics import softmax
 from ctdemo.training import predict_logits
 
 BATCH_SIZE = 64
+NOT_A_NUMBER = (
+    "The model's output for this slice is not a number (NaN or infinite): its weights may be "
+    "damaged, so it gives no verdict. Train or save the model again."
+)
 
 
 @dataclass
@@ -35,9 +39,25 @@ class Prediction:
         }
 
 
-def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (n, classes) for model inputs: softmax of the logits."""
-    return softmax(predict_logits(model, x, BATCH_SIZE).astype(np.float64))
+def probabilities(model: keras.Model, x: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Class probabilities (n, classes) for model inputs: softmax of the logits. A row whose
+    logits are not all finite is all NaN (see `is_number`): a softmax would hide an infinity."""
+    logits = predict_logits(model, x, batch_size).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        probs = softmax(logits)
+    probs[~np.isfinite(logits).all(axis=-1)] = np.nan
+    return probs
+
+
+def is_number(probs: np.ndarray) -> bool:
+    """Whether one slice's probabilities are a verdict, not the NaN of a broken model."""
+    return bool(np.isfinite(probs).all())
+
+
+def slices_per_batch(card: ModelCard) -> int:
+    """How many slices the card's model may run at once: an uploaded model's card says, from
+    the memory its layers need (`ctdemo.uploaded`); every other model takes full batches."""
+    return int(card.architecture.get("slices_per_batch", BATCH_SIZE))
 
 
 def model_input(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -49,17 +69,10 @@ def model_input(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
 
 
 def _read_and_preprocess(path: str, card: ModelCard) -> np.ndarray | str:
-    """Model input for one file, or the reason it has none."""
+    """Model input for one file, or the reason it has none (a folder, a pipe or a device is
+    refused before it is read: see `read_slice_file`)."""
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
-    except FileNotFoundError:
-        return "No such file."
-    except IsADirectoryError:
-        return "This is a folder, not a file."
-    except OSError as error:
-        return f"Could not be read ({error.strerror})."
-    try:
+        data = read_slice_file(path)
         return model_input(decode_slice(data, filename=os.path.basename(path)).pixels, card)
     except SliceError as error:
         return str(error)
@@ -76,7 +89,8 @@ def predict_files(
             chunk = list(files[start : start + BATCH_SIZE])
             inputs = list(pool.map(lambda path: _read_and_preprocess(path, card), chunk))
             good = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
-            probs = probabilities(model, np.stack([inputs[i] for i in good])) if good else []
+            batch = slices_per_batch(card)
+            probs = probabilities(model, np.stack([inputs[i] for i in good]), batch) if good else []
             by_index = dict(zip(good, probs, strict=True))
             for index, (path, item) in enumerate(zip(chunk, inputs, strict=True)):
                 if isinstance(item, str):
@@ -87,6 +101,8 @@ def predict_files(
 
 
 def _prediction(file: str, probs: np.ndarray, class_names: list[str]) -> Prediction:
+    if not is_number(probs):
+        return Prediction(file, error=NOT_A_NUMBER)
     return Prediction(
         file=file,
         predicted_class=class_names[int(np.argmax(probs))],

@@ -3,8 +3,11 @@
 `read_uploaded_model` refuses anything that could run code before Keras sees the file: the
 architecture (the `.keras` zip's `config.json`, or the `.h5` file's `model_config` attribute) is
 read and checked first, and only Keras built-in layers and objects pass; no `Lambda`, nothing
-registered as a custom object, no module outside Keras. Only then is the file loaded, in Keras
-safe mode, from a private temporary copy that is always deleted.
+registered as a custom object, no module outside Keras. `check_cost` then propagates shapes
+through that architecture, still without building anything, and refuses a model too big to
+build or run here (layers, weights, activations or operations per slice; bounds below). Only
+then is the file loaded, in Keras safe mode, from a private temporary copy that is always
+deleted.
 
 `adapt_uploaded_model` turns the loaded model into one of ours: a functional model with every
 layer at the top level (so Grad-CAM finds the last convolution), a (size, size, channels) input
@@ -31,14 +34,18 @@ import numpy as np
 from ctdemo import cards
 from ctdemo.cards import ModelCard, ModelLoadError, default_positive_class, preprocessing_spec
 from ctdemo.features import OWN_LAYERS
+from ctdemo.inference import BATCH_SIZE
+from ctdemo.model_cost import (
+    MAX_UNPACKED_FACTOR,
+    MODEL_CLASSES,
+    ModelCost,
+    check_cost,
+    check_image_shape,
+)
 
 SUFFIXES = (".keras", ".h5")
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 """Largest architecture description we parse (a ResNet-50's is about 0.2 MB)."""
-MAX_UNPACKED_FACTOR = 4
-"""A `.keras` zip may unpack to at most this many times `cards.MAX_MODEL_BYTES`."""
-MAX_INPUT_SIDE = 1024
-"""Largest input side accepted: a CT slice is 512 x 512, and everything runs on a CPU."""
 KERAS_ZIP_ENTRIES = frozenset({"config.json", "metadata.json", "model.weights.h5"})
 OUTPUT_KINDS = ("probabilities", "logits")
 CUSTOM_REFUSAL = "custom objects are refused: they would run code from the file"
@@ -46,7 +53,6 @@ PROBABILITY_FLOOR = 1e-7
 """Probabilities are clipped to [floor, 1] before their log when logits cannot be recovered."""
 
 _ACTIVATIONS = ("softmax", "sigmoid", "linear")
-_MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
 _SERIALISATION_MARKERS = frozenset(
     {
         "__keras_tensor__",
@@ -91,6 +97,7 @@ class UploadedModelInfo:
     output_activation: str  # "softmax", "sigmoid" or "linear"
     parameters: int
     is_sequential: bool
+    cost: ModelCost | None = None  # from the architecture, before loading
 
     @property
     def suggested_outputs(self) -> str:
@@ -113,8 +120,9 @@ def read_uploaded_model(data: bytes, filename: str) -> tuple[keras.Model, Upload
     else:
         config = _h5_model_config(data, filename)
     check_architecture(config, filename)
+    cost = check_cost(config, filename)
     model = _load(data, suffix, filename)
-    return model, describe_model(model, filename, suffix.lstrip("."))
+    return model, describe_model(model, filename, suffix.lstrip("."), cost)
 
 
 def _check_upload(data: bytes, filename: str) -> str:
@@ -262,7 +270,7 @@ def _parse_config(raw: bytes, filename: str) -> dict:
             f"The architecture in {filename} is not valid JSON; save the model again with "
             "model.save() and upload the new file."
         ) from None
-    if not isinstance(config, dict) or config.get("class_name") not in _MODEL_CLASSES:
+    if not isinstance(config, dict) or config.get("class_name") not in MODEL_CLASSES:
         raise ModelLoadError(
             f"{filename} does not hold a Keras Sequential or functional model; subclassed "
             "models cannot be checked, so rebuild it with the functional API."
@@ -374,7 +382,7 @@ def _builtin_class_names() -> frozenset[str]:
         if isinstance(value, type) and not name.startswith("_")
     }
     names |= _operation_class_names()
-    return frozenset((names | _MODEL_CLASSES) - set(_REFUSED_BUILTINS) - {"Lambda"})
+    return frozenset((names | MODEL_CLASSES) - set(_REFUSED_BUILTINS) - {"Lambda"})
 
 
 def _operation_class_names() -> set[str]:
@@ -423,7 +431,9 @@ def _load(data: bytes, suffix: str, filename: str) -> keras.Model:
 # --- describing --------------------------------------------------------------------------------
 
 
-def describe_model(model: keras.Model, filename: str, file_format: str) -> UploadedModelInfo:
+def describe_model(
+    model: keras.Model, filename: str, file_format: str, cost: ModelCost | None = None
+) -> UploadedModelInfo:
     """Input geometry, head and size of a loaded model; `ModelLoadError` for one we cannot use."""
     size, channels = _image_input(model, filename)
     units = _output_units(model, filename)
@@ -447,6 +457,7 @@ def describe_model(model: keras.Model, filename: str, file_format: str) -> Uploa
         output_activation=output_activation(model),
         parameters=int(model.count_params()),
         is_sequential=isinstance(model, keras.Sequential),
+        cost=cost,
     )
 
 
@@ -464,34 +475,7 @@ def _image_input(model: keras.Model, filename: str) -> tuple[int, int]:
         raise ModelLoadError(
             f"{filename} takes {len(inputs)} inputs; upload a model that takes one image."
         )
-    shape = tuple(inputs[0].shape)[1:]
-    if len(shape) != 3:
-        raise ModelLoadError(
-            f"{filename} takes inputs of shape {shape}, not images (height, width, channels); "
-            "upload an image classifier."
-        )
-    height, width, channels = shape
-    if height is None or width is None:
-        raise ModelLoadError(
-            f"{filename} accepts images of any size {shape}; save it with a fixed square input, "
-            "such as keras.Input(shape=(224, 224, 3))."
-        )
-    if height != width:
-        raise ModelLoadError(
-            f"{filename} takes {height} x {width} images; only square inputs are supported, "
-            "because slices are padded to a square."
-        )
-    if channels not in (1, 3):
-        raise ModelLoadError(
-            f"{filename} takes images with {channels} channels; only grey (1) or RGB (3) "
-            "inputs are supported."
-        )
-    if height > MAX_INPUT_SIDE:
-        raise ModelLoadError(
-            f"{filename} takes {height} x {width} images; inputs over {MAX_INPUT_SIDE} pixels "
-            "a side are too slow here, so upload a smaller model."
-        )
-    return int(height), int(channels)
+    return check_image_shape(tuple(inputs[0].shape)[1:], filename)
 
 
 def _output_units(model: keras.Model, filename: str) -> int:
@@ -732,6 +716,7 @@ def adapt_uploaded_model(
             "outputs": outputs,
             "output_activation": info.output_activation,
             "output_units": info.output_units,
+            "slices_per_batch": info.cost.slices_per_batch if info.cost else BATCH_SIZE,
         },
         output=_output_description(info, outputs, exact, class_names, positive),
         parameters=info.parameters,

@@ -13,6 +13,7 @@ from test_imaging import png_declaring
 from ctdemo.explain import METHOD_LABELS
 from ctdemo.imaging import LUNG_WINDOW, decode_slice
 from ctdemo.samples import sample_scans
+from ctdemo.text import plain
 
 from conftest import ROOT
 from dicom_factory import PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
@@ -138,7 +139,7 @@ def test_a_bad_file_gets_a_clear_error(name, data, message):
     app = upload(open_app(), (name, data))
     assert not app.exception
     assert len(app.error) == 1 and message in app.error[0].value.lower()
-    assert name in app.error[0].value and not verdicts(app)
+    assert plain(name) in app.error[0].value and not verdicts(app)
 
 
 def test_a_huge_dimension_png_is_refused_before_it_is_decoded():
@@ -156,10 +157,10 @@ def test_a_batch_gets_a_table_a_csv_and_an_error_row_for_the_bad_file():
     assert table["status"].iloc[-1].startswith("error")
     assert len(app.error) == 1
     assert "Grad-CAM of every slice" in verdicts(app)
-    overlays = [c for c in image_captions(app) if c.split(":")[0] in [n for n, _ in good]]
+    overlays = [c for c in image_captions(app) if c.split(":")[0] in [plain(n) for n, _ in good]]
     assert len(overlays) == 3
     app.selectbox(key="focus").select(good[2][0]).run()
-    assert not app.exception and good[2][0] in " ".join(m.value for m in app.markdown)
+    assert not app.exception and plain(good[2][0]) in " ".join(m.value for m in app.markdown)
 
 
 def test_noise_is_flagged_as_not_a_chest_ct_slice():
