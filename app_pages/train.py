@@ -10,11 +10,14 @@ from ctdemo import resources, runs, train_settings
 from ctdemo.archives import ArchiveError
 from ctdemo.charts import confusion_matrix, run_overlay, training_curves
 from ctdemo.data import DatasetError, resolve_data_source
+from ctdemo.metrics import shown
 from ctdemo.models import PRESETS
 from ctdemo.overlay import blend, image_strip
 from ctdemo.paths import DEMO_BUNDLE_DIR
 from ctdemo.splits import SPLIT_METHODS
-from ctdemo.train_settings import TrainSettings
+from ctdemo.text import plain
+from ctdemo.train_settings import SHARED_SERVER, TooCostly, TrainSettings, memory_text
+from ctdemo.training import duration
 
 JOB = "train_job"  # (job id, settings, attention pixels) of this session's running training
 RESULT = "train_result"  # (job id, settings, final snapshot, model, card) of the last run
@@ -59,7 +62,7 @@ def data_choice() -> tuple[str, str] | None:
     try:
         folder = import_zip_dataset(upload.getvalue(), resources.owner_id())
     except (ArchiveError, DatasetError) as error:
-        st.error(f"This zip cannot be used: {error}")
+        st.error(f"This zip cannot be used: {plain(error)}")
         return None
     return upload.name, str(folder.root)
 
@@ -70,16 +73,17 @@ def show_dataset(root: str, size: int) -> object | None:
         dataset = resources.training_arrays(root, size)
     except DatasetError as error:
         message = str(error).replace(root, "the dataset folder")  # no server paths on the page
-        st.error(f"This dataset cannot be used: {message}")
+        st.error(f"This dataset cannot be used: {plain(message)}")
         return None
     counts = {name: int((dataset.y == i).sum()) for i, name in enumerate(dataset.class_names)}
     st.caption(
-        f"{len(dataset)} slices: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+        f"{len(dataset)} slices: "
+        + ", ".join(f"{plain(name)} {count}" for name, count in counts.items())
     )
     columns = st.columns(len(dataset.class_names))
     for index, (column, name) in enumerate(zip(columns, dataset.class_names, strict=True)):
         examples = [dataset.x[i, ..., 0] for i in (dataset.y == index).nonzero()[0][:3]]
-        column.image(image_strip(examples), caption=name, width="stretch")
+        column.image(image_strip(examples), caption=plain(name), width="stretch")
     if dataset.skipped:
         with st.expander(f"{len(dataset.skipped)} files skipped"):
             st.dataframe(
@@ -207,15 +211,34 @@ def reset_to_preset() -> None:
         st.session_state[f"set_{name}"] = value
 
 
-def cost_line(settings: TrainSettings, dataset) -> None:
-    """Parameters and a rough time per epoch, before anything is trained."""
-    parameters = resources.parameter_count(settings.architecture(), len(dataset.class_names))
-    train_slices = round(len(dataset) * (1 - settings.val))
-    seconds = train_settings.seconds_per_epoch(settings, train_slices)
-    st.caption(
-        f"**{parameters:,} parameters** · about {seconds:.1f} s per epoch on this server "
-        f"({train_slices} training slices), up to {seconds * settings.epochs:.0f} s in all."
+def cost_line(settings: TrainSettings, dataset) -> bool:
+    """Parameters, memory and a rough time, counted before anything is built; an error and
+    False for settings past what one training may cost on this server."""
+    cost = train_settings.estimate(
+        settings.config(), len(dataset), len(dataset.class_names), settings.val
     )
+    st.caption(
+        f"**{cost.parameters:,} parameters** · about {memory_text(cost.memory_bytes)} of memory "
+        f"· about {cost.seconds_per_epoch:.1f} s per epoch on this server "
+        f"({cost.train_slices} training slices), up to {duration(cost.seconds)} in all."
+    )
+    try:
+        train_settings.check_cost(cost, SHARED_SERVER)
+    except TooCostly as error:
+        st.error(str(error))
+        return False
+    return True
+
+
+def split_ready(settings: TrainSettings, dataset) -> bool:
+    """Whether the run's validation split can be made; if not (a class too small to put on
+    both sides), the reason is shown and Train stays off."""
+    try:
+        resources.validation_split(dataset, settings.split_spec())
+    except DatasetError as error:
+        st.error(plain(error))
+        return False
+    return True
 
 
 def attention_picker(settings: TrainSettings, dataset) -> int | None:
@@ -232,7 +255,7 @@ def attention_picker(settings: TrainSettings, dataset) -> int | None:
         key="attention",
     )
     if index is not None:
-        st.image(split.val.x[index, ..., 0], width=96, caption=split.val.files[index])
+        st.image(split.val.x[index, ..., 0], width=96, caption=plain(split.val.files[index]))
     return index
 
 
@@ -249,7 +272,7 @@ def start_training(settings: TrainSettings, dataset, attention: int | None) -> N
             attention_slice=attention,
         )
     except (QueueFull, ValueError) as error:
-        st.error(str(error))
+        st.error(plain(error))
         return
     pixels = None
     if attention is not None:
@@ -342,7 +365,7 @@ def show_result() -> None:
         "failed": st.error,
         "cancelled": st.info,
     }
-    ended = snapshot.message or "Training finished."
+    ended = plain(snapshot.message) if snapshot.message else "Training finished."
     messages.get(snapshot.status, st.info)(
         f"**{snapshot.status.capitalize()}** after {snapshot.epochs_done} epochs "
         f"({snapshot.elapsed_seconds:.0f} s). {ended}"
@@ -366,16 +389,16 @@ def show_result() -> None:
     for column, key, name in zip(
         columns,
         ("accuracy", "sensitivity", "specificity", "roc_auc"),
-        ("Accuracy", f"Sensitivity ({card.positive_class})", "Specificity", "ROC AUC"),
+        ("Accuracy", f"Sensitivity ({plain(card.positive_class)})", "Specificity", "ROC AUC"),
         strict=True,
     ):
         if key in validation:
             interval = validation[key]
+            low, high = shown(interval["low"], "{:.3f}"), shown(interval["high"], "{:.3f}")
             column.metric(
                 name,
-                f"{interval['value']:.1%}" if key != "roc_auc" else f"{interval['value']:.3f}",
-                help=f"95% CI {interval['low']:.3f}–{interval['high']:.3f} "
-                f"on {validation['n']} validation slices",
+                shown(interval["value"], "{:.1%}" if key != "roc_auc" else "{:.3f}"),
+                help=f"95% CI {low}–{high} on {validation['n']} validation slices",
             )
     left, right = st.columns(2)
     left.plotly_chart(
@@ -469,18 +492,19 @@ with controls:
         if st.query_params.to_dict() != settings.to_query():  # no URL message when unchanged
             st.query_params.from_dict(settings.to_query())
         st.session_state[SAVED] = settings
-    if dataset is not None:
-        cost_line(settings, dataset)
-        attention = attention_picker(settings, dataset)
+    affordable = (
+        dataset is not None and cost_line(settings, dataset) and split_ready(settings, dataset)
+    )
+    attention = attention_picker(settings, dataset) if affordable else None
     active, _, _ = current_job()
     busy = active is not None and not active.finished
     left, right = st.columns(2)
     pressed = left.button(
-        "Train", key="train", type="primary", disabled=dataset is None or busy, width="stretch"
+        "Train", key="train", type="primary", disabled=not affordable or busy, width="stretch"
     )
     if right.button("Stop", key="stop", disabled=not busy, width="stretch"):
         active.stop()
-    if dataset is not None and not busy and (pressed or st.session_state.pop(LESSON, False)):
+    if affordable and not busy and (pressed or st.session_state.pop(LESSON, False)):
         start_training(settings, dataset, attention)
 
 with panel:

@@ -1,6 +1,13 @@
-"""Plotly figures for the pages: numbers in, figures out, no Streamlit."""
+"""Plotly figures for the pages: numbers in, figures out, no Streamlit.
+
+Class and model names come from a visitor's folders and files, and plotly renders a subset of
+HTML in every label (`<b>`, `<a href>`, `<br>`): each name goes through `html.escape` here, so
+it shows as written.
+"""
 
 from __future__ import annotations
+
+import html
 
 import plotly.graph_objects as go
 
@@ -12,8 +19,8 @@ OTHER_COLOUR = "#9aa5b1"
 
 def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Figure:
     """One horizontal bar per class, the most probable one highlighted, as percentages."""
-    names = list(probabilities)
-    values = [probabilities[name] for name in names]
+    names = [html.escape(name) for name in probabilities]
+    values = list(probabilities.values())
     best = max(range(len(values)), key=values.__getitem__)
     figure = go.Figure(
         go.Bar(
@@ -29,7 +36,7 @@ def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Fig
         )
     )
     figure.update_layout(
-        title=title or None,
+        title=html.escape(title) or None,
         xaxis={
             "range": [0, 1.001],
             "tickvals": [0, 0.25, 0.5, 0.75, 1],
@@ -88,8 +95,8 @@ def _count_heatmap(
     """Counts with true classes as rows and predicted ones as columns, each cell labelled."""
     return go.Heatmap(
         z=matrix,
-        x=[f"predicted {name}" for name in predicted_names],
-        y=[f"true {name}" for name in true_names],
+        x=[f"predicted {html.escape(name)}" for name in predicted_names],
+        y=[f"true {html.escape(name)}" for name in true_names],
         text=matrix,
         texttemplate="%{text}",
         colorscale="Blues",
@@ -119,7 +126,7 @@ def run_overlay(runs: list[tuple[str, dict]], metric: str) -> go.Figure:
             figure.add_scatter(
                 x=list(range(1, len(values) + 1)),
                 y=values,
-                name=f"{label} ({suffix})",
+                name=f"{html.escape(label)} ({suffix})",
                 mode="lines",
                 line={"color": colour, "dash": dash},
             )
@@ -150,7 +157,11 @@ def roc_overlay(curves: dict[str, tuple[list[float], list[float], float]]) -> go
         hoverinfo="skip",
     )
     for index, (name, (fpr, tpr, auc)) in enumerate(curves.items()):
-        label = name if auc is None or auc != auc else f"{name} (AUC {auc:.3f})"
+        label = (
+            html.escape(name)
+            if auc is None or auc != auc
+            else f"{html.escape(name)} (AUC {auc:.3f})"
+        )
         figure.add_scatter(
             x=list(fpr),
             y=list(tpr),
@@ -193,7 +204,7 @@ def reliability_diagram(calibration: dict[str, list[dict]]) -> go.Figure:
             x=[row["mean_predicted"] for row in filled],
             y=[row["observed"] for row in filled],
             customdata=[row["count"] for row in filled],
-            name=name,
+            name=html.escape(name),
             mode="lines+markers",
             marker={"size": [6 + 14 * (row["count"] / largest) ** 0.5 for row in filled]},
             line={"color": MODEL_PALETTE[index % len(MODEL_PALETTE)]},
@@ -220,7 +231,10 @@ def confusion_matrices(
 
     names = list(panels)
     figure = make_subplots(
-        rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.12
+        rows=1,
+        cols=max(1, len(names)),
+        subplot_titles=[html.escape(name) for name in names],
+        horizontal_spacing=0.12,
     )
     for column, name in enumerate(names, start=1):
         matrix, true_names, predicted_names = panels[name]

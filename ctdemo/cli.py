@@ -1,29 +1,85 @@
 """`python -m ctdemo train | evaluate | predict | download | build-demo`.
 
-Exit codes: 0 success, 1 an error (one line on stderr, never a traceback), 2 a usage error.
+Exit codes: 0 success, 1 an error (one line on stderr, never a traceback), 2 a usage error
+(one line too: every number is checked against its range before anything runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # TensorFlow loads for the commands that need it, not for --help
+    from ctdemo.train_settings import CostLimits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
 
 TENSORFLOW_COMMANDS = ("train", "evaluate", "predict")
 PRESET_NAMES = ("mlp", "cnn", "cnn-large", "seed-1-mlp", "seed-2-cnn")
 MAX_MEMBERS = 8  # an ensemble's training time and memory grow with its members
+MACHINE_MEMORY_SHARE = 0.75
+"""A training from the command line may use up to this share of the machine's memory: the
+machine is its user's own, not a shared server's (`train_settings.SHARED_SERVER`)."""
+MACHINE_SECONDS = 24 * 3600
+"""The longest training the command line starts, at the shared server's speed (a day)."""
+UNKNOWN_MEMORY = 8 * 2**30  # where the operating system does not say
 
 
 class CliError(Exception):
     """Ends the command with one line on stderr and exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error as one line on stderr, then exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (usage: {self.prog} --help)\n")
+
+
+def _number(kind: type, accept: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """An argparse `type` that takes a finite `kind` (int or float) `accept` allows, and
+    otherwise says what it wanted."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        finite = value is not None and (kind is int or math.isfinite(value))
+        if not finite or not accept(value):
+            shown = text if len(text) <= 20 else f"{text[:20]}…"
+            raise argparse.ArgumentTypeError(f"give {wanted}, not {shown!r}")
+        return value
+
+    return parse
+
+
+EPOCHS = _number(int, lambda v: 1 <= v <= 1000, "a whole number of epochs from 1 to 1000")
+IMAGE_SIZE = _number(
+    int,
+    lambda v: 8 <= v <= 256,
+    "a side from 8 to 256 pixels (below 8 a CNN's blocks have nothing left to pool; the "
+    "memory a training needs grows with the square of the side, and the shipped models read "
+    "48 to 96)",
+)
+BATCH_SIZE = _number(int, lambda v: 1 <= v <= 4096, "a batch size from 1 to 4096")
+BLOCK_SIZE = _number(int, lambda v: v >= 1, "a whole number of files per group, 1 or more")
+VAL_SPLIT = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1, such as 0.2")
+DROPOUT = _number(float, lambda v: 0 <= v < 1, "a dropout rate from 0 up to (not including) 1")
+LEARNING_RATE = _number(float, lambda v: v > 0, "a learning rate above 0, such as 0.001")
+PATIENCE = _number(int, lambda v: v >= 0, "a whole number of epochs, 0 (off) or more")
+SEED = _number(int, lambda v: 0 <= v < 2**32, "a seed from 0 to 4294967295 (32 bits)")
+MEMBERS = _number(int, lambda v: 1 <= v <= MAX_MEMBERS, f"1 to {MAX_MEMBERS} members")
+BUNDLE_SIZE = _number(int, lambda v: v >= 1, "a whole number of slices, 1 or more")
 
 
 @contextmanager
@@ -55,7 +111,7 @@ def _progress_bar(label: str, done: int, total: int | None, width: int = 30) -> 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m ctdemo",
         description="Train, evaluate and use CT slice classifiers (teaching and research only).",
     )
@@ -65,27 +121,29 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", choices=PRESET_NAMES, required=True, help="model preset")
     train.add_argument("--data", type=Path, required=True, help="image-folder dataset")
     train.add_argument("--out", type=Path, required=True, help="where to save NAME.keras")
-    train.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
-    train.add_argument("--dropout", type=float, help="dropout rate (default: the preset's)")
-    train.add_argument("--lr", type=float, help="initial learning rate (cosine decay)")
-    train.add_argument("--batch-size", type=int, help="batch size")
-    train.add_argument("--image-size", type=int, help="square input size in pixels")
+    train.add_argument(
+        "--epochs", type=EPOCHS, help="maximum epochs, 1-1000 (default: the preset's)"
+    )
+    train.add_argument("--dropout", type=DROPOUT, help="dropout rate (default: the preset's)")
+    train.add_argument("--lr", type=LEARNING_RATE, help="initial learning rate (cosine decay)")
+    train.add_argument("--batch-size", type=BATCH_SIZE, help="batch size, 1-4096")
+    train.add_argument("--image-size", type=IMAGE_SIZE, help="square input size, 8-256 pixels")
     train.add_argument(
         "--members",
-        type=int,
+        type=MEMBERS,
         help=f"CNNs trained side by side, logits averaged (1-{MAX_MEMBERS}; default: the preset's)",
     )
-    train.add_argument("--val-split", type=float, default=0.2, help="validation fraction")
+    train.add_argument("--val-split", type=VAL_SPLIT, default=0.2, help="validation fraction")
     train.add_argument(
         "--split",
         choices=("grouped", "random"),
         default="grouped",
         help="grouped keeps whole patients on one side (default); random leaks them",
     )
-    train.add_argument("--block-size", type=int, default=25, help="file numbers per group")
+    train.add_argument("--block-size", type=BLOCK_SIZE, default=25, help="file numbers per group")
     train.add_argument("--groups-csv", type=Path, help="CSV with columns file,group")
-    train.add_argument("--seed", type=int, default=0, help="random seed (model, split, data)")
-    train.add_argument("--patience", type=int, help="early-stopping patience; 0 turns it off")
+    train.add_argument("--seed", type=SEED, default=0, help="random seed (model, split, data)")
+    train.add_argument("--patience", type=PATIENCE, help="early-stopping patience; 0 turns it off")
     train.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -121,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=Path, required=True, help="the data the models trained on")
     demo.add_argument("--models", type=Path, nargs="+", default=None, help="model files")
     demo.add_argument("--out", type=Path, default=None, help="demo folder to write")
-    demo.add_argument("--bundle-size", type=int, default=300, help="slices in the bundle")
+    demo.add_argument("--bundle-size", type=BUNDLE_SIZE, default=300, help="slices in the bundle")
     return parser
 
 
@@ -151,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ctdemo.data import scan_image_folder
     from ctdemo.experiment import save_run, train_on_folder
     from ctdemo.models import PRESETS
     from ctdemo.splits import SplitSpec
+    from ctdemo.train_settings import check_cost, estimate
     from ctdemo.training import TrainConfig
 
     if args.out.suffix != ".keras":
@@ -165,14 +225,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.image_size is not None:
         architecture = replace(architecture, image_size=args.image_size)
     if args.members is not None:
-        if architecture.kind != "cnn" or not 1 <= args.members <= MAX_MEMBERS:
-            raise CliError(f"--members takes 1 to {MAX_MEMBERS} and applies to CNN presets only.")
+        if architecture.kind != "cnn":
+            raise CliError(f"--members applies to CNN presets only, not {args.arch}.")
         architecture = replace(architecture, members=args.members)
     config = TrainConfig(
         architecture=architecture,
-        epochs=args.epochs or preset.epochs,
-        learning_rate=args.lr or preset.learning_rate,
-        batch_size=args.batch_size or preset.batch_size,
+        epochs=preset.epochs if args.epochs is None else args.epochs,
+        learning_rate=preset.learning_rate if args.lr is None else args.lr,
+        batch_size=preset.batch_size if args.batch_size is None else args.batch_size,
         patience=preset.patience if args.patience is None else args.patience,
         augment=preset.augment if args.augment is None else args.augment,
         weight_decay=preset.weight_decay,
@@ -182,6 +242,9 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     spec = SplitSpec(args.split, args.val_split, args.seed, args.block_size)
+    folder = scan_image_folder(args.data)  # lists the files; nothing is decoded yet
+    cost = estimate(config, len(folder.files), len(folder.class_names), spec.val_fraction)
+    check_cost(cost, machine_limits(), where="on this machine")
     started = time.perf_counter()
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -222,6 +285,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def machine_limits() -> CostLimits:
+    """What one command-line training may cost: a share of this machine's memory (its user's
+    own, unlike the shared server's) and a day at the shared server's speed."""
+    from ctdemo.train_settings import CostLimits
+
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        memory = UNKNOWN_MEMORY
+    return CostLimits(memory_bytes=MACHINE_MEMORY_SHARE * memory, seconds=MACHINE_SECONDS)
+
+
 def _command_line() -> str:
     return "python -m ctdemo " + shlex.join(sys.argv[1:])
 
@@ -230,13 +305,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ctdemo.cards import load_model
     from ctdemo.data import load_arrays
     from ctdemo.experiment import evaluate
+    from ctdemo.metrics import shown
 
     model, card = load_model(args.model)
     dataset = load_arrays(args.data, card.image_size)
     report = evaluate(model, card, dataset)
     report["skipped_files"] = [{"file": f, "reason": r} for f, r in dataset.skipped]
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report, allow_nan=False))
         return 0
     print(
         f"{args.model.name} on {args.data}: {report['n']} slices "
@@ -245,9 +321,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"):
         if key in report:
             value = report[key]
-            interval = f"[{value['low']:.4f}, {value['high']:.4f}]"
-            print(f"  {key:<12} {value['value']:.4f}  95% CI {interval}")
-    print(f"  ECE          {report['expected_calibration_error']:.4f}")
+            interval = f"[{shown(value['low'], '{:.4f}')}, {shown(value['high'], '{:.4f}')}]"
+            print(f"  {key:<12} {shown(value['value'], '{:.4f}')}  95% CI {interval}")
+    print(f"  ECE          {shown(report['expected_calibration_error'], '{:.4f}')}")
     print(
         f"  confusion (rows true, columns predicted: {', '.join(card.class_names)}): "
         f"{report['confusion_matrix']}"
@@ -262,7 +338,7 @@ def _predict(args: argparse.Namespace) -> int:
     model, card = load_model(args.model)
     predictions = predict_files(model, card, args.files)
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions]))
+        print(json.dumps([p.to_dict() for p in predictions], allow_nan=False))
     else:
         for p in predictions:
             if p.error:
@@ -282,14 +358,16 @@ def _predict(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from ctdemo.download import DEFAULT_URL, download_dataset
 
-    dest = download_dataset(
-        url=args.url or DEFAULT_URL,
-        dest=args.dest,
-        sha256=args.sha256,
-        force=args.force,
-        progress=lambda done, total: _progress_bar("download", done, total),
-    )
-    sys.stderr.write("\n")
+    try:
+        dest = download_dataset(
+            url=args.url or DEFAULT_URL,
+            dest=args.dest,
+            sha256=args.sha256,
+            force=args.force,
+            progress=lambda done, total: _progress_bar("download", done, total),
+        )
+    finally:
+        sys.stderr.write("\n")  # end the progress line before any error line
     print(f"dataset ready at {dest}")
     return 0
 

@@ -9,8 +9,11 @@ the current epoch, epoch times, best epoch, attention frames) and the page reads
 
 `job.stop()` ends a running job at the next batch and keeps what it learned (the best epoch's
 weights; status "stopped", with a model and a card); a waiting job is taken out of the line
-("cancelled"). A job that fails (an exception, a loss that turns NaN) ends "failed" with a
-one-line message for a person; the worker goes on to the next job.
+("cancelled"). The queue's `limits` bound each job: settings estimated past its memory or time
+are refused before they wait (`TooCostly`, nothing built), and a running job stops itself at
+the time limit the same way as on request, saying so. A job that fails (an exception, a loss
+that turns NaN) ends "failed" with a one-line message for a person; the worker goes on to the
+next job.
 
 Memory: each job holds one model. Finished jobs are kept for their owner to collect for
 `ttl_seconds` and then dropped, their model, card and arrays released (`forget(owner)` does it
@@ -32,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +43,7 @@ import numpy as np
 
 from ctdemo.data import ArrayDataset
 from ctdemo.splits import SplitSpec
+from ctdemo.train_settings import SHARED_SERVER, CostLimits, check_cost, estimate
 from ctdemo.training import TrainConfig
 
 if TYPE_CHECKING:  # TensorFlow loads when a job runs, not when a page imports this module
@@ -103,7 +107,7 @@ class JobSnapshot:
     epoch_seconds: tuple[float, ...]
     best_epoch: int  # 1-based; 0 before a finite validation loss
     early_stop_epoch: int | None  # the last epoch when early stopping ended the run
-    stop_reason: str  # training's: "completed", "early stopping", "stopped", "nan"; or ""
+    stop_reason: str  # training's: "completed", "early stopping", "stopped", "time limit", "nan"
     message: str  # for a person: why it stopped, failed or was cancelled
     attention_slice: int | None
     frames: tuple[AttentionFrame, ...]
@@ -283,7 +287,9 @@ class TrainingJob:
             p.last_mark = now
             p.batch = 0
             p.best_epoch = _best_epoch(p.history.get("val_loss", ())) or p.best_epoch
-            if epoch >= self.config.epochs or self._stop_event.is_set():
+            limit = self.config.time_limit_seconds or math.inf
+            out_of_time = p.started is not None and now - p.started >= limit
+            if epoch >= self.config.epochs or self._stop_event.is_set() or out_of_time:
                 p.phase = "measuring"  # validation metrics and the OOD detector come next
 
     def _add_frame(self, frame: AttentionFrame, seconds: float) -> None:
@@ -342,8 +348,8 @@ def validation_split(dataset: ArrayDataset, spec: SplitSpec) -> SplitData:
 
 class TrainingQueue:
     """At most `slots` trainings at once; the rest wait in line, at most `max_waiting` of them,
-    and an owner has at most one job waiting or running. Finished jobs are kept `ttl_seconds`.
-    """
+    and an owner has at most one job waiting or running. Each job stays within `limits`.
+    Finished jobs are kept `ttl_seconds`."""
 
     def __init__(
         self,
@@ -351,10 +357,12 @@ class TrainingQueue:
         max_waiting: int = DEFAULT_MAX_WAITING,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        limits: CostLimits = SHARED_SERVER,
     ):
         if slots < 1:
             raise ValueError("A training queue needs at least one slot.")
         self.slots = slots
+        self.limits = limits
         self.max_waiting = max_waiting
         self.ttl_seconds = ttl_seconds
         self._clock = clock
@@ -377,9 +385,10 @@ class TrainingQueue:
         attention_slice: int | None = None,
     ) -> TrainingJob:
         """Put a training in line; raises `QueueFull` (or `AlreadyTraining`) when it cannot
-        wait now, `ValueError` for a split with an empty side or an attention slice that
-        cannot be drawn."""
+        wait now, `TooCostly` for settings past the queue's limits, `ValueError` for a split
+        with an empty side or an attention slice that cannot be drawn."""
         spec = spec or SplitSpec()
+        config = self._within_limits(config, dataset, spec)
         _check_split(dataset, config, spec, attention_slice)
         job = TrainingJob(owner, dataset, config, spec, name, attention_slice, self._clock)
         job._queue = self
@@ -403,6 +412,16 @@ class TrainingQueue:
             self._start_workers_locked()
             self._condition.notify_all()
         return job
+
+    def _within_limits(
+        self, config: TrainConfig, dataset: ArrayDataset, spec: SplitSpec
+    ) -> TrainConfig:
+        """`config` with the queue's time limit, or `TooCostly` if its estimate is past the
+        limits (counted from the settings: no model is built)."""
+        cost = estimate(config, len(dataset), len(dataset.class_names), spec.val_fraction)
+        check_cost(cost, self.limits)
+        limit = min(config.time_limit_seconds or math.inf, self.limits.seconds)
+        return replace(config, time_limit_seconds=limit)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -572,7 +591,7 @@ def run_job(job: TrainingJob) -> None:
         return
     if result.stop_reason == "nan":
         job._finish(FAILED, result.message, result)
-    elif result.stop_reason == "stopped":
+    elif result.stop_reason in ("stopped", "time limit"):
         job._finish(STOPPED, result.message, result, card)
     else:
         job._finish(DONE, result.message, result, card)

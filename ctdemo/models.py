@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import keras
 from keras import layers
 
-from ctdemo.features import IntensityEdgeQuantiles
+from ctdemo.features import DEFAULT_QUANTILES, IntensityEdgeQuantiles
 
 LAST_CONV = "last_conv"
 """Name of a CNN's last convolution, where Grad-CAM looks (in an ensemble: all its members'
@@ -352,3 +352,86 @@ def _dense(members: int, units: int, name: str, activation: str | None = None) -
     return layers.EinsumDense(
         "bmi,miu->bmu", (members, units), bias_axes="mu", activation=activation, name=name
     )
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What one layer of a model holds: its weights (trainable or not) and its output's
+    numbers for one slice (what a training step keeps for the backward pass)."""
+
+    parameters: int
+    outputs: int
+
+
+def layer_costs(architecture: Architecture, num_classes: int) -> list[LayerCost]:
+    """The layers `build_model` would make, counted without making them: building a model at
+    a shared link's widest settings allocated 1.8 GB only to show its parameter count."""
+    size = architecture.image_size
+    costs = [LayerCost(0, size * size), LayerCost(0, size * size)]  # the slice and its scaling
+    if architecture.kind == "mlp":
+        width = size * size  # flattened pixels
+        if architecture.features == "distribution":
+            costs += _distribution_costs(size)
+            width = 2 * DEFAULT_QUANTILES
+        return costs + _head_costs(width, architecture.hidden_units, num_classes, 1)
+    if architecture.kind != "cnn":
+        raise ValueError(f"Unknown architecture kind {architecture.kind!r} (mlp or cnn).")
+    members, last = architecture.members, architecture.filters[-1]
+    for _ in range(members):
+        costs += _convolution_costs(architecture)
+    side = _last_side(architecture)
+    if architecture.batch_norm:
+        costs.append(LayerCost(4 * members * last, members * last * side * side))
+    width = last
+    if architecture.features == "pixels+distribution":
+        costs += _distribution_costs(size)
+        width += 2 * DEFAULT_QUANTILES
+    return costs + _head_costs(width, architecture.hidden_units, num_classes, members)
+
+
+def parameter_count(architecture: Architecture, num_classes: int) -> int:
+    """`build_model(architecture, num_classes).count_params()`, without building it."""
+    return sum(cost.parameters for cost in layer_costs(architecture, num_classes))
+
+
+def _convolution_costs(architecture: Architecture) -> list[LayerCost]:
+    """One member's convolution blocks (as `_convolutions` builds them); the last convolution's
+    batch norm is counted with the ensemble's."""
+    side, channels, costs = architecture.image_size, 1, []
+    blocks = len(architecture.filters)
+    for block, width in enumerate(architecture.filters, start=1):
+        for conv in range(1, architecture.convs_per_block + 1):
+            costs.append(LayerCost(9 * channels * width + width, side * side * width))
+            channels = width
+            if architecture.batch_norm and (block, conv) != (blocks, architecture.convs_per_block):
+                costs.append(LayerCost(4 * width, side * side * width))
+        if block < blocks:
+            side //= 2
+            costs.append(LayerCost(0, side * side * width))  # max-pooling
+            if architecture.dropout:
+                costs.append(LayerCost(0, side * side * width))
+    return costs
+
+
+def _last_side(architecture: Architecture) -> int:
+    side = architecture.image_size
+    for _ in architecture.filters[1:]:
+        side //= 2
+    return side
+
+
+def _distribution_costs(size: int) -> list[LayerCost]:
+    """The quantile layer (which sorts every pixel and every edge) and its batch norm."""
+    features = 2 * DEFAULT_QUANTILES
+    return [LayerCost(0, 4 * size * size), LayerCost(4 * features, features)]
+
+
+def _head_costs(
+    width: int, hidden_units: tuple[int, ...], num_classes: int, members: int
+) -> list[LayerCost]:
+    """Dense layers (each member's own in an ensemble), their dropout, and the logits."""
+    costs = []
+    for units in (*hidden_units, num_classes):
+        costs.append(LayerCost(members * (width * units + units), 2 * members * units))
+        width = units
+    return costs

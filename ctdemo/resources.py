@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from ctdemo.data import ArrayDataset
     from ctdemo.experiment import SplitData
     from ctdemo.jobs import TrainingQueue
-    from ctdemo.models import Architecture
     from ctdemo.ood import OODDetector
     from ctdemo.splits import SplitSpec
     from ctdemo.uploaded import UploadedModelInfo
@@ -67,6 +66,7 @@ SPLIT_CACHE = "validation_split"
 SCREENING_MODEL = "cnn"
 THUMBNAIL_SIDE = 160
 OWN_MODEL_FILE = "own_model_file"
+EXPLANATION_BATCH = 20  # copies of a slice explained at once (SmoothGrad's samples)
 
 
 @dataclass
@@ -186,12 +186,14 @@ def explanation(
     class_index: int,
     _model: keras.Model,
     _image: np.ndarray,
+    batch_size: int = EXPLANATION_BATCH,
 ) -> np.ndarray:
-    """Heatmap at the model's input size; `_model` and `_image` are identified by the keys
-    before them (the leading underscore tells Streamlit not to hash them)."""
+    """Heatmap at the model's input size, computed `batch_size` copies of the slice at a time;
+    `_model` and `_image` are identified by the keys before them (the leading underscore tells
+    Streamlit not to hash them)."""
     from ctdemo.explain import explain
 
-    return explain(_model, _image, method, class_index)
+    return explain(_model, _image, method, class_index, batch_size)
 
 
 def owner_id() -> str:
@@ -226,14 +228,6 @@ def add_trained_model(job_id: str, label: str, model: keras.Model, card: ModelCa
     for old in trained[:-MAX_TRAINED_MODELS]:
         del models[old]
     return key
-
-
-@st.cache_resource(max_entries=32, show_spinner=False)
-def parameter_count(architecture: Architecture, classes: int) -> int:
-    """Parameters of a model before it is trained (built once per architecture)."""
-    from ctdemo.models import build_model
-
-    return int(build_model(architecture, classes).count_params())
 
 
 def validation_split(dataset: ArrayDataset, spec: SplitSpec) -> SplitData:

@@ -2,7 +2,11 @@
 
 Settings live in the URL (`st.query_params`) so a teacher can hand out a link that opens the
 page with the same model, hyper-parameters and seed. Anything in a URL is untrusted: unknown
-keys are ignored and every value is parsed, then clamped to the range its widget offers.
+keys are ignored and every value is parsed, then clamped to the range its widget offers;
+a value that is not a finite number is ignored.
+
+What settings cost is estimated from the architecture alone (`estimate`), and settings past
+a machine's limits are refused (`check_cost`) before a model is built or data is read.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ctdemo.features import DEFAULT_QUANTILES
-from ctdemo.models import PRESETS, Architecture
+from ctdemo.models import PRESETS, Architecture, layer_costs
 from ctdemo.splits import SPLIT_METHODS, SplitSpec
-from ctdemo.training import TrainConfig
+from ctdemo.training import VALIDATION_BATCH, TrainConfig, duration
 
 ARCHITECTURES = ("mlp", "cnn", "seed-1-mlp", "seed-2-cnn")
 """Presets offered on the page; `cnn-large` (the shipped CNN) takes minutes an epoch here."""
@@ -149,24 +153,26 @@ def from_query(query: dict[str, str]) -> TrainSettings:
 
 
 def _parse(name: str, text: str):
+    """One URL value as its widget's value; ValueError (the preset's value is kept) for text
+    that is not a finite number of the right kind."""
     if name in ("early", "augment", "density"):
         return text.strip().lower() in ("1", "true", "yes", "on")
     if name in ("layers", "dense"):
         return parse_units(text, allow_empty=name == "dense")
     if name == "dropout":
-        return round(_clamp(float(text), 0.0, 0.8), 2)
+        return round(_clamp(_finite(text), 0.0, 0.8), 2)
     if name == "val":
-        return round(_clamp(float(text), 0.1, 0.4), 2)
+        return round(_clamp(_finite(text), 0.1, 0.4), 2)
     if name == "lr":
-        return min(LEARNING_RATES, key=lambda rate: abs(math.log10(rate) - math.log10(float(text))))
+        return _nearest_rate(_finite(text))
     if name == "epochs":
-        return int(_clamp(int(text), 1, MAX_EPOCHS))
+        return _clamp(int(text), 1, MAX_EPOCHS)
     if name == "patience":
-        return int(_clamp(int(text), 1, 20))
+        return _clamp(int(text), 1, 20)
     if name == "seed":
-        return int(_clamp(int(text), 0, 2**31 - 1))
+        return _clamp(int(text), 0, 2**31 - 1)
     if name == "members":
-        return int(_clamp(int(text), 1, MAX_MEMBERS))
+        return _clamp(int(text), 1, MAX_MEMBERS)
     if name == "batch":
         return _nearest(int(text), BATCH_SIZES)
     if name == "size":
@@ -176,6 +182,22 @@ def _parse(name: str, text: str):
             raise ValueError(text)
         return text
     raise ValueError(name)
+
+
+def _finite(text: str) -> float:
+    """A finite float: "nan", "inf" and "1e400" (which overflows to inf) are not numbers a
+    widget can hold, so they raise ValueError instead of becoming a slider's end."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _nearest_rate(rate: float) -> float:
+    """The offered learning rate nearest on a log scale; ValueError for zero or less."""
+    if rate <= 0:
+        raise ValueError(f"a learning rate must be positive, not {rate}")
+    return min(LEARNING_RATES, key=lambda choice: abs(math.log10(choice) - math.log10(rate)))
 
 
 def parse_units(text: str, allow_empty: bool = False) -> tuple[int, ...]:
@@ -194,9 +216,7 @@ def parse_units(text: str, allow_empty: bool = False) -> tuple[int, ...]:
     return units
 
 
-def _clamp(value, low, high):
-    if isinstance(value, float) and math.isnan(value):
-        raise ValueError("NaN")
+def _clamp(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
@@ -228,9 +248,121 @@ def forward_flops(architecture: Architecture) -> float:
     return flops * architecture.members
 
 
-def seconds_per_epoch(settings: TrainSettings, train_slices: int) -> float:
+def seconds_per_epoch(config: TrainConfig, train_slices: int) -> float:
     """A rough time per epoch on this kind of server: three passes' worth of FLOPs (forward,
     backward) at the measured throughput, plus a fixed cost per step."""
-    steps = math.ceil(train_slices / settings.batch)
-    compute = 3 * forward_flops(settings.architecture()) * train_slices / EFFECTIVE_FLOPS
+    steps = math.ceil(train_slices / config.batch_size)
+    compute = 3 * forward_flops(config.architecture) * train_slices / EFFECTIVE_FLOPS
     return compute + steps * SECONDS_PER_STEP
+
+
+# ---------------------------------------------------------------- what a training may cost
+
+RUNTIME_BYTES = 64 * 2**20
+"""What any training adds before its first number: traced graphs, input-pipeline buffers,
+thread pools (70 MB measured for a 26,000-parameter CNN)."""
+WEIGHT_COPIES = 9
+"""Copies of the weights a run holds: the weights, their gradients, Adam's two moments, the
+averaged weights, the best epoch's copy and the initialisers' and swaps' temporaries
+(9 measured on an 11.5-million-parameter MLP)."""
+TRAINING_BYTES_PER_OUTPUT = 4 * 2.2
+"""Bytes a training step holds per layer output number per slice of the batch: the outputs
+kept for the backward pass and their gradients (1.5-2.1 float32s measured on CNNs)."""
+INFERENCE_BYTES_PER_OUTPUT = 4 * 0.8
+"""The same for a forward pass alone (validation and the measurements after training, in
+batches of VALIDATION_BATCH; 0.75 measured)."""
+DATA_COPIES = 2
+"""The split's copy of the decoded slices and the input pipeline's (the decoded slices
+themselves belong to the data set, loaded before a training and kept after it)."""
+
+
+class TooCostly(ValueError):
+    """Training settings past what this machine allows one training; the message says what
+    it would cost and what to lower."""
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """What one training may use: estimated peak memory, and time (estimated before it starts;
+    a running training also stops itself at `seconds`)."""
+
+    memory_bytes: float
+    seconds: float
+
+
+SHARED_SERVER = CostLimits(memory_bytes=400 * 2**20, seconds=30 * 60)
+"""The hosted app shares about 1 GB among every visitor: one training may take 400 MB of it
+and 30 minutes of its two cores."""
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """A training's estimated parameters, peak memory and time, before anything is built."""
+
+    parameters: int
+    weight_bytes: float
+    activation_bytes: float
+    data_bytes: float
+    seconds_per_epoch: float
+    epochs: int
+    train_slices: int
+
+    @property
+    def memory_bytes(self) -> float:
+        return RUNTIME_BYTES + self.weight_bytes + self.activation_bytes + self.data_bytes
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_per_epoch * self.epochs
+
+
+def estimate(config: TrainConfig, slices: int, classes: int, val_fraction: float) -> TrainingCost:
+    """What training `config` on `slices` slices of `classes` classes would cost, counted from
+    its architecture (`ctdemo.models.layer_costs`), not measured by building it."""
+    architecture = config.architecture
+    costs = layer_costs(architecture, classes)
+    outputs = sum(cost.outputs for cost in costs)
+    step = config.batch_size * outputs * TRAINING_BYTES_PER_OUTPUT
+    forward = max(config.batch_size, VALIDATION_BATCH) * outputs * INFERENCE_BYTES_PER_OUTPUT
+    train_slices = max(1, round(slices * (1 - val_fraction)))
+    parameters = sum(cost.parameters for cost in costs)
+    return TrainingCost(
+        parameters=parameters,
+        weight_bytes=4.0 * parameters * WEIGHT_COPIES,
+        activation_bytes=max(step, forward),
+        data_bytes=4.0 * slices * architecture.image_size**2 * DATA_COPIES,
+        seconds_per_epoch=seconds_per_epoch(config, train_slices),
+        epochs=config.epochs,
+        train_slices=train_slices,
+    )
+
+
+def check_cost(cost: TrainingCost, limits: CostLimits, where: str = "on this server") -> None:
+    """Raise `TooCostly` when `cost` is past `limits`, saying what to lower."""
+    if cost.memory_bytes > limits.memory_bytes:
+        raise TooCostly(
+            f"These settings would need about {memory_text(cost.memory_bytes)} of memory to train "
+            f"({cost.parameters:,} parameters); one training {where} may use at most "
+            f"{memory_text(limits.memory_bytes)}. {_what_to_lower(cost)}"
+        )
+    if cost.seconds > limits.seconds:
+        raise TooCostly(
+            f"These settings would take about {duration(cost.seconds)} to train "
+            f"({cost.seconds_per_epoch:.0f} s per epoch × {cost.epochs} epochs); one training "
+            f"{where} may take at most {duration(limits.seconds)}. Lower the epochs, the "
+            "image size, the layers' widths or the ensemble members."
+        )
+
+
+def _what_to_lower(cost: TrainingCost) -> str:
+    largest = max(cost.weight_bytes, cost.activation_bytes, cost.data_bytes)
+    if largest == cost.weight_bytes:
+        return "Use fewer or narrower layers, or fewer ensemble members."
+    if largest == cost.data_bytes:
+        return "Use a smaller image size, or fewer slices."
+    return "Lower the batch size, the image size, the filters or the ensemble members."
+
+
+def memory_text(bytes_: float) -> str:
+    """Bytes as a person reads them: "172.2 GB", "102 MB"."""
+    return f"{bytes_ / 2**30:.1f} GB" if bytes_ >= 2**30 else f"{bytes_ / 2**20:.0f} MB"

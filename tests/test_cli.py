@@ -134,7 +134,6 @@ def test_evaluate_json_on_any_image_folder(trained, tmp_path):
         ("train", "--arch", "mlp", "--data", "{tmp}/nothing", "--out", "{tmp}/m.keras"),
         ("train", "--arch", "mlp", "--data", "{tmp}", "--out", "{tmp}/m.h5"),
         ("train", "--arch", "mlp", "--data", "{tmp}", "--out", "{tmp}/m.keras", "--members", "3"),
-        ("train", "--arch", "cnn", "--data", "{tmp}", "--out", "{tmp}/m.keras", "--members", "0"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, tmp_path):
@@ -147,3 +146,6 @@ def test_usage_errors_exit_two():
     result = run_cli("train", "--arch", "no-such-model")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+    members = run_cli("train", "--arch", "cnn", "--data", ".", "--out", "m.keras", "--members", "0")
+    assert members.returncode == 2
+    assert members.stderr.strip().startswith("error: argument --members: give 1 to 8 members")
