@@ -37,7 +37,7 @@ import numpy as np
 
 from ctdemo.cards import ModelCard, default_positive_class
 from ctdemo.data import ArrayDataset, DatasetError, ImageFolder, scan_image_folder
-from ctdemo.imaging import SliceError, decode_slice
+from ctdemo.imaging import SliceError, decode_slice, read_slice_file
 from ctdemo.metrics import (
     Interval,
     expected_calibration_error,
@@ -184,7 +184,7 @@ def load_slices(folder: ImageFolder | Path | str, workers: int | None = None) ->
 
 def _decode(path: Path) -> np.ndarray | str:
     try:
-        return decode_slice(path.read_bytes(), path.name).pixels
+        return decode_slice(read_slice_file(path), path.name).pixels
     except SliceError as error:
         return str(error)
     except OSError as error:

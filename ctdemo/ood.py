@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ctdemo.imaging import decode_slice, is_dicom, to_model_input
+from ctdemo.imaging import PICTURE_FORMATS, decode_slice, is_dicom, to_model_input
 
 if TYPE_CHECKING:  # TensorFlow is imported only when features are extracted
     import keras
@@ -207,14 +207,15 @@ def colour_fraction(data: bytes) -> float:
     if not data or is_dicom(data):
         return 0.0
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as image:
             if image.mode in _GREY_MODES:
                 return 0.0
             image.draft("RGB", (COLOUR_SIDE, COLOUR_SIDE))  # JPEG: decode at a fraction
-            image.load()
-            rgba = image if image.mode in ("RGB", "RGBA") else image.convert("RGBA")
-            step = max(1, -(-max(rgba.size) // COLOUR_SIDE))
-            pixels = np.asarray(rgba)[::step, ::step]
+            step = max(1, -(-max(image.size) // COLOUR_SIDE))
+            size = (-(-image.width // step), -(-image.height // step))
+            sampled = image.resize(size, Image.Resampling.NEAREST)  # no full-size RGBA copy
+            rgba = sampled if sampled.mode in ("RGB", "RGBA") else sampled.convert("RGBA")
+            pixels = np.asarray(rgba)
     except Exception:  # Pillow raises many types on hostile files; decode_slice explains
         return 0.0
     spread = pixels[..., :3].max(axis=-1) - pixels[..., :3].min(axis=-1)

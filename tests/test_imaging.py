@@ -295,16 +295,17 @@ def test_mediastinum_preset_centres_soft_tissue():
     np.testing.assert_allclose(out, [0.0, 0.5, 1.0], atol=1e-6)
 
 
-def test_dicom_monochrome1_is_inverted():
+def test_dicom_monochrome1_with_rescale_tags_is_not_inverted():
     hu = np.array([[-1350, 150, -600, -1200]])
     normal = decode_slice(ct_dicom_bytes(stored_for(hu), slope="2"))
-    inverted = decode_slice(ct_dicom_bytes(stored_for(hu), slope="2", photometric="MONOCHROME1"))
+    monochrome1 = decode_slice(ct_dicom_bytes(stored_for(hu), slope="2", photometric="MONOCHROME1"))
     np.testing.assert_allclose(normal.pixels, [[0.0, 1.0, 0.5, 0.1]], atol=1e-6)
-    # MONOCHROME1: high stored values are dark; -1350 <-> 150 swap, the middle stays
-    np.testing.assert_allclose(inverted.pixels, [[1.0, 0.0, 0.5, 0.9]], atol=1e-6)
+    # Rescaled values are HU whatever the photometric interpretation (display only), so air
+    # stays black; without rescale tags, see tests/test_hostile_slices.py.
+    np.testing.assert_array_equal(monochrome1.pixels, normal.pixels)
 
 
-def test_dicom_tags_are_safe_and_groups_hold_patient_id():
+def test_dicom_tags_are_safe_and_groups_hold_a_digest_of_patient_id():
     decoded = decode_slice(ct_dicom_bytes(stored_for(HU), slope="2"))
     tags = decoded.dicom_tags
     assert tags["Modality"] == "CT"
@@ -318,7 +319,10 @@ def test_dicom_tags_are_safe_and_groups_hold_patient_id():
     flat = " ".join(tags.values())
     for value in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, "Doe"):
         assert value not in flat
-    assert decoded.dicom_groups["PatientID"] == PATIENT_ID
+    digest = decoded.dicom_groups["PatientID"]  # keyed, never the ID itself
+    assert PATIENT_ID not in digest
+    again = decode_slice(ct_dicom_bytes(stored_for(HU[:, ::-1]), slope="2"))
+    assert again.dicom_groups["PatientID"] == digest  # the same patient, the same digest
     assert "StudyInstanceUID" in decoded.dicom_groups
     assert "PatientName" not in decoded.dicom_groups
 
