@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ctdemo import resources
-from ctdemo.classify import CAUTION
-from ctdemo.data import resolve_data_source
+from ctdemo.app import resources
+from ctdemo.app.classify import CAUTION
+from ctdemo.config import resolve_data_source
 
 resources.keep_keras_state_between_runs()
 
@@ -17,13 +17,27 @@ st.set_page_config(
     menu_items={"About": "ctdemo teaches how neural networks classify chest CT slices. " + CAUTION},
 )
 
-# The pages live in app_pages/, not pages/: Streamlit runs a folder named pages/ as a legacy
-# multipage app on a fresh server's first request, so a shared /train link would skip this file.
+# Each page is app_pages/<name>/page.py. Not pages/: while a folder of that name exists,
+# Streamlit 1.67 runs a fresh server's first request as a legacy multipage app, and a shared
+# /train link then opens with a "Page not found" dialog (tests/e2e/test_restart.py).
 pages = [
-    st.Page("app_pages/classify.py", title="Classify", icon=":material/biotech:", default=True),
-    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("app_pages/about.py", title="About", icon=":material/info:"),
+    st.Page(
+        "app_pages/classify/page.py",
+        title="Classify",
+        icon=":material/biotech:",
+        url_path="classify",
+        default=True,
+    ),
+    st.Page(
+        "app_pages/train/page.py", title="Train", icon=":material/model_training:", url_path="train"
+    ),
+    st.Page(
+        "app_pages/compare/page.py",
+        title="Compare",
+        icon=":material/compare_arrows:",
+        url_path="compare",
+    ),
+    st.Page("app_pages/about/page.py", title="About", icon=":material/info:", url_path="about"),
 ]
 navigation = st.navigation(pages)
 

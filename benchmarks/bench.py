@@ -21,20 +21,20 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from ctdemo.cards import load_model
-from ctdemo.data import load_arrays, scan_image_folder, split_root
-from ctdemo.imaging import decode_slice
-from ctdemo.inference import predict_files
-from ctdemo.models import PRESETS, build_model
-from ctdemo.paths import WEIGHTS_DIR
-from ctdemo.training import TrainConfig, compile_model, input_pipeline
+from ctdemo.config import WEIGHTS_DIR, split_root
+from ctdemo.io.folders import load_arrays, scan_image_folder
+from ctdemo.io.slices import decode_slice
+from ctdemo.models.architectures import build_model
+from ctdemo.models.inference import predict_files
+from ctdemo.models.saving import load_model
+from ctdemo.models.specs import PRESETS, TrainConfig
+from ctdemo.models.training import compile_model, input_pipeline
 
 
 def median_time(function, repeats: int) -> float:

@@ -5,7 +5,8 @@
 1. For each explanation method, the median time from an uploaded file's bytes to its
    prediction and overlay PNG with the shipped model (warm: models loaded, first call done):
    decode, out-of-distribution screen, predict, explain, map onto the slice, blend, encode.
-   These are the steps the page runs (ctdemo.classify, ctdemo.explain, ctdemo.overlay).
+   These are the steps the page runs (ctdemo.app.classify, ctdemo.explain.saliency and
+   ctdemo.explain.overlay).
 2. The resident memory of a process running the real page script (Streamlit's AppTest) after
    it classified twenty slices in one batch and explained one: what one server process holds.
 
@@ -25,19 +26,19 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from ctdemo import classify
-from ctdemo.cards import load_model
-from ctdemo.explain import METHOD_LABELS, available_methods, explain, to_slice_geometry
-from ctdemo.inference import model_input
-from ctdemo.ood import feature_extractor, load_detector
-from ctdemo.overlay import blend, png_bytes
-from ctdemo.paths import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.app import classify
+from ctdemo.config import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.explain.methods import METHOD_LABELS, to_slice_geometry
+from ctdemo.explain.ood import feature_extractor, load_detector
+from ctdemo.explain.overlay import blend, png_bytes
+from ctdemo.explain.saliency import available_methods, explain
+from ctdemo.models.inference import model_input
+from ctdemo.models.saving import load_model
 
 MEMORY_PROBE = """
 import sys, resource
-sys.path.insert(0, {root!r})
+
 from pathlib import Path
 from streamlit.testing.v1 import AppTest
 files = sorted(Path({samples!r}).rglob("*.png"))
@@ -89,9 +90,7 @@ def time_methods(repeats: int) -> dict:
 
 
 def memory_after_twenty_slices() -> dict:
-    probe = MEMORY_PROBE.format(
-        root=str(ROOT), samples=str(DEMO_SAMPLES_DIR), app=str(ROOT / "streamlit_app.py")
-    )
+    probe = MEMORY_PROBE.format(samples=str(DEMO_SAMPLES_DIR), app=str(ROOT / "streamlit_app.py"))
     output = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from ctdemo import compare
-from ctdemo.paths import DEMO_BUNDLE_DIR, WEIGHTS_DIR
+from ctdemo.config import DEMO_BUNDLE_DIR, WEIGHTS_DIR
+from ctdemo.evaluation import compare
 
 SHIPPED = ("mlp", "cnn")
 
@@ -41,7 +39,7 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     def load_both():
-        from ctdemo.cards import load_model
+        from ctdemo.models.saving import load_model
 
         return {name: load_model(WEIGHTS_DIR / f"{name}.keras") for name in SHIPPED}
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ctdemo.data import load_arrays, split_root
-from ctdemo.splits import SplitSpec, file_number_groups, split_indices
+from ctdemo.config import split_root
+from ctdemo.evaluation.splits import SplitSpec, file_number_groups, split_indices
+from ctdemo.io.folders import load_arrays
 
 
 def one_nn_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:

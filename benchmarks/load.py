@@ -48,8 +48,7 @@ from playwright.async_api import Page, async_playwright, expect
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget import CHROMIUM, FLAGS, ROOT, free_port, rss_mb, wait_healthy
 
-sys.path.insert(0, str(ROOT))
-from ctdemo.samples import sample_scans
+from ctdemo.app.samples import sample_scans
 
 RSS_BUDGET_MB = 1024.0  # a free Community Cloud app: 1 GB (MiB, as budget.py counts)
 POLL_LAG_S = 3.0  # a page redraws a running job once a second; a rerun under load takes longer

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,10 +21,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from ctdemo.imaging import decode_slice
-from ctdemo.lungs import segment_lungs
+from ctdemo.explain.lungs import segment_lungs
+from ctdemo.io.slices import decode_slice
 
 TILE = (200, 150)
 COLUMNS = 10

@@ -39,19 +39,18 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import keras
 import tensorflow as tf
 
-from ctdemo import training
-from ctdemo.data import ArrayDataset, load_arrays, split_root
-from ctdemo.experiment import make_split
-from ctdemo.jobs import TrainingJob, TrainingQueue
-from ctdemo.models import PRESETS, build_model
-from ctdemo.paths import DEMO_BUNDLE_DIR
-from ctdemo.splits import SplitSpec
-from ctdemo.training import TrainConfig, compile_model, input_pipeline
+from ctdemo.app.jobs import TrainingJob, TrainingQueue
+from ctdemo.config import DEMO_BUNDLE_DIR, split_root
+from ctdemo.evaluation.splits import SplitSpec, make_split
+from ctdemo.io.folders import ArrayDataset, load_arrays
+from ctdemo.models import training
+from ctdemo.models.architectures import build_model
+from ctdemo.models.specs import PRESETS, TrainConfig
+from ctdemo.models.training import compile_model, input_pipeline
 
 POLL_SECONDS = 0.05  # how often the page's fragment would read a snapshot
 

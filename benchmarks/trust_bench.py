@@ -5,11 +5,11 @@
 For each shipped model and each of its explanation methods, over the first `--limit` slices of
 the embedded demo bundle (patients the models never trained on), each explained for its true
 class:
-- heat inside the lungs against the lungs' share of the slice (`ctdemo.lungs`), mean and 95%
+- heat inside the lungs against the lungs' share of the slice (`ctdemo.explain.lungs`), mean and 95%
   bootstrap interval, and the median over slices of their ratio;
-- faithfulness: the deletion score against a random order (`ctdemo.faithfulness`);
+- faithfulness: the deletion score against a random order (`ctdemo.explain.faithfulness`);
 - sanity: the rank correlation between the trained model's map and the fully randomised
-  model's (`ctdemo.sanity`), on the first `--sanity` slices.
+  model's (`ctdemo.explain.sanity`), on the first `--sanity` slices.
 Then warm medians of the steps Classify adds: segmentation (at the slice's own size), the
 deletion curve, and a whole `trust.assess` (explain, segment, delete).
 Prints tables and writes benchmarks/results/trust.json.
@@ -21,26 +21,25 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from ctdemo.cards import load_model
-from ctdemo.data import scan_image_folder
-from ctdemo.explain import METHOD_LABELS, available_methods, explain
-from ctdemo.faithfulness import deletion_curve
-from ctdemo.imaging import decode_slice
-from ctdemo.inference import model_input, probabilities
-from ctdemo.lungs import segment_lungs
-from ctdemo.paths import DEMO_BUNDLE_DIR, WEIGHTS_DIR
-from ctdemo.sanity import cascading_randomisation
-from ctdemo.trust import assess, estimate
+from ctdemo.config import DEMO_BUNDLE_DIR, WEIGHTS_DIR
+from ctdemo.explain.faithfulness import deletion_curve
+from ctdemo.explain.lungs import segment_lungs
+from ctdemo.explain.methods import METHOD_LABELS
+from ctdemo.explain.saliency import available_methods, explain
+from ctdemo.explain.sanity import cascading_randomisation
+from ctdemo.explain.trust import assess, estimate
+from ctdemo.io.folders import scan_image_folder
+from ctdemo.io.slices import decode_slice
+from ctdemo.models.inference import model_input, probabilities
+from ctdemo.models.saving import load_model
 
 
 def interval(values: list) -> str:

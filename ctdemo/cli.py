@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # TensorFlow loads for the commands that need it, not for --help
-    from ctdemo.train_settings import CostLimits
+    from ctdemo.app.train_settings import CostLimits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
 
@@ -209,12 +209,11 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ctdemo.data import scan_image_folder
-    from ctdemo.experiment import save_run, train_on_folder
-    from ctdemo.models import PRESETS
-    from ctdemo.splits import SplitSpec
-    from ctdemo.train_settings import check_cost, estimate
-    from ctdemo.training import TrainConfig
+    from ctdemo.app.train_settings import check_cost, estimate
+    from ctdemo.evaluation.splits import SplitSpec
+    from ctdemo.io.folders import scan_image_folder
+    from ctdemo.models.experiment import save_run, train_on_folder
+    from ctdemo.models.specs import PRESETS, TrainConfig
 
     if args.out.suffix != ".keras":
         raise CliError(f"--out must end in .keras, not {args.out.name}.")
@@ -288,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
 def machine_limits() -> CostLimits:
     """What one command-line training may cost: a share of this machine's memory (its user's
     own, unlike the shared server's) and a day at the shared server's speed."""
-    from ctdemo.train_settings import CostLimits
+    from ctdemo.app.train_settings import CostLimits
 
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -302,10 +301,10 @@ def _command_line() -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ctdemo.cards import load_model
-    from ctdemo.data import load_arrays
-    from ctdemo.experiment import evaluate
-    from ctdemo.metrics import shown
+    from ctdemo.evaluation.metrics import shown
+    from ctdemo.io.folders import load_arrays
+    from ctdemo.models.experiment import evaluate
+    from ctdemo.models.saving import load_model
 
     model, card = load_model(args.model)
     dataset = load_arrays(args.data, card.image_size)
@@ -332,8 +331,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ctdemo.cards import load_model
-    from ctdemo.inference import predict_files
+    from ctdemo.models.inference import predict_files
+    from ctdemo.models.saving import load_model
 
     model, card = load_model(args.model)
     predictions = predict_files(model, card, args.files)
@@ -356,7 +355,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from ctdemo.download import DEFAULT_URL, download_dataset
+    from ctdemo.io.download import DEFAULT_URL, download_dataset
 
     try:
         dest = download_dataset(
@@ -373,8 +372,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _build_demo(args: argparse.Namespace) -> int:
-    from ctdemo.demo import build_demo_set
-    from ctdemo.paths import DEMO_DIR, WEIGHTS_DIR
+    from ctdemo.config import DEMO_DIR, WEIGHTS_DIR
+    from ctdemo.io.demo import build_demo_set
 
     models = args.models or [WEIGHTS_DIR / "cnn.keras", WEIGHTS_DIR / "mlp.keras"]
     summary = build_demo_set(args.data, models, args.out or DEMO_DIR, args.bundle_size)

@@ -24,9 +24,9 @@ from unittest import mock
 import numpy as np
 from PIL import Image
 
-from ctdemo.archives import ArchiveError
-from ctdemo.data import DatasetError
-from ctdemo.imaging import (
+from ctdemo.io.archives import ArchiveError
+from ctdemo.io.folders import DatasetError
+from ctdemo.io.slices import (
     DicomError,
     EmptyFileError,
     ImageTooLargeError,
@@ -483,9 +483,9 @@ def run_library_corpus(home) -> dict:
     import os
     import tracemalloc
 
-    from ctdemo.data import load_arrays
-    from ctdemo.dataset_upload import import_zip_dataset
-    from ctdemo.imaging import decode_slice
+    from ctdemo.io.folders import load_arrays
+    from ctdemo.io.slices import decode_slice
+    from ctdemo.io.uploads import import_zip_dataset
 
     os.environ["CTDEMO_HOME"] = str(home)
     slices, zips = slice_corpus(), zip_corpus()

@@ -135,7 +135,7 @@ def _empty_hdf5() -> bytes:
 
 def case_slice() -> Callable[[], str]:
     """The largest PNG a visitor may upload (25 megapixels) and two strips within that cap."""
-    from ctdemo.imaging import SliceError, decode_slice, to_model_input
+    from ctdemo.io.slices import SliceError, decode_slice, to_model_input
 
     files = [png(5000, 5000), png(30000, 833), long_strip_png(25_000_000)]
 
@@ -154,8 +154,8 @@ def case_slice() -> Callable[[], str]:
 
 def case_batch() -> Callable[[], str]:
     """Classify's largest batch: 40 uploads of 25 megapixels each, decoded and predicted."""
-    from ctdemo import classify
-    from ctdemo.cards import load_model
+    from ctdemo.app import classify
+    from ctdemo.models.saving import load_model
 
     data = png(5000, 5000)
     files = [(f"slice-{index}.png", data) for index in range(classify.MAX_FILES)]
@@ -171,7 +171,7 @@ def case_batch() -> Callable[[], str]:
 
 def case_dicom() -> Callable[[], str]:
     """A 25-megapixel DICOM slice, and one whose deflated dataset inflates to 1 GiB."""
-    from ctdemo.imaging import SliceError, decode_slice, to_model_input
+    from ctdemo.io.slices import SliceError, decode_slice, to_model_input
 
     files = [dicom(5000, 5000), deflated_dicom(2**30)]
 
@@ -190,8 +190,8 @@ def case_dicom() -> Callable[[], str]:
 
 def case_zip() -> Callable[[], str]:
     """A training zip of 1,000 identical 5000 x 5000 PNGs, imported and decoded as Train does."""
-    from ctdemo.data import DatasetError, load_arrays
-    from ctdemo.dataset_upload import import_zip_dataset
+    from ctdemo.io.folders import DatasetError, load_arrays
+    from ctdemo.io.uploads import import_zip_dataset
 
     image = png(5000, 5000)
     names = {f"{c}/{c} ({i}).png": image for c in ("COVID", "non-COVID") for i in range(500)}
@@ -212,7 +212,7 @@ def case_zip() -> Callable[[], str]:
 def case_model() -> Callable[[], str]:
     """A bring-your-own model, small on disk, whose graph is 60,000 layers (Keras took 141 s
     to load one): a Sequential of ReLUs, 3 MB of JSON, 0.1 MB zipped."""
-    from ctdemo.uploaded import read_uploaded_model
+    from ctdemo.models.uploaded import read_uploaded_model
 
     layers = [
         {
@@ -253,7 +253,7 @@ def case_model() -> Callable[[], str]:
 
 def case_settings() -> Callable[[], str]:
     """A shared Train link at the largest settings: what the page does before Start."""
-    from ctdemo import train_settings
+    from ctdemo.app import train_settings
 
     query = {
         "arch": "cnn",
@@ -290,7 +290,6 @@ CASES = {
 def main(kind: str, home: str) -> None:
     os.environ["CTDEMO_HOME"] = home
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(ROOT))
     run = CASES[kind]()  # imports and builds inputs outside the measured part
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the resident size now
     before = _status_mb("VmRSS")

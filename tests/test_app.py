@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from ctdemo.catalog import shipped_cards
+from ctdemo.app.catalog import shipped_cards
 
 from conftest import ROOT
 
@@ -25,7 +25,7 @@ def test_the_app_opens_on_classify_with_the_caution_and_data_source(monkeypatch)
 
 def test_about_credits_the_data_and_renders_every_card():
     app = open_app()
-    app.switch_page("app_pages/about.py").run()
+    app.switch_page("app_pages/about/page.py").run()
     assert not app.exception
     text = " ".join(block.value for block in app.markdown)
     assert "CC BY-NC-SA 4.0" in text and "Soares" in text and "grouped split" in text

@@ -1,4 +1,4 @@
-"""ctdemo.archives and ctdemo.download: hostile zips are refused; downloads are atomic.
+"""ctdemo.io.archives and ctdemo.io.download: hostile zips are refused; downloads are atomic.
 
 Downloads are served by a local HTTP server on 127.0.0.1 started here: nothing touches the
 internet.
@@ -21,10 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctdemo import paths
-from ctdemo.archives import ArchiveError, ArchiveLimits, find_dataset_root, safe_extract
-from ctdemo.data import scan_image_folder
-from ctdemo.download import MARKER, DownloadError, download_dataset, is_complete
+from ctdemo import config
+from ctdemo.io.archives import ArchiveError, ArchiveLimits, find_dataset_root, safe_extract
+from ctdemo.io.download import MARKER, DownloadError, download_dataset, is_complete
+from ctdemo.io.folders import scan_image_folder
 
 from conftest import make_image_folder
 
@@ -177,7 +177,7 @@ def test_safe_extract_a_header_that_under_declares_its_size(tmp_path):
 
 def test_safe_extract_copy_cap_counts_real_bytes(tmp_path, monkeypatch):
     """Even if the reader believed the header, the copy loop stops at the cap."""
-    from ctdemo import archives
+    from ctdemo.io import archives
 
     archive = _write(tmp_path, zip_bytes({"COVID/zeros.png": b"\0" * 50_000}))
     monkeypatch.setattr(archives, "_check_members", lambda members, limits: None)
@@ -344,7 +344,7 @@ def test_download_success_is_complete_and_not_repeated(server, dataset_zip, tmp_
 def test_download_defaults_to_the_home_folder(server, dataset_zip, isolated_home):
     server.routes["/data.zip"] = (200, dataset_zip, None)
     dest = download_dataset(server.url("/data.zip"), timeout=10)
-    assert dest == paths.default_download_dest()
+    assert dest == config.default_download_dest()
     assert dest.is_relative_to(isolated_home)
     assert is_complete(dest)
 

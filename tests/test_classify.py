@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctdemo import classify
-from ctdemo.cards import ModelCard
-from ctdemo.catalog import card_sections, shipped_cards
-from ctdemo.charts import probability_bars, training_curves
-from ctdemo.classify import SliceResult
-from ctdemo.ood import OODResult
-from ctdemo.overlay import blend, colourise, grey_to_rgb, image_strip, png_bytes
+from ctdemo.app import classify
+from ctdemo.app.catalog import card_sections, shipped_cards
+from ctdemo.app.charts import probability_bars, training_curves
+from ctdemo.app.classify import SliceResult
+from ctdemo.explain.ood import OODResult
+from ctdemo.explain.overlay import blend, colourise, grey_to_rgb, image_strip, png_bytes
+from ctdemo.models.cards import ModelCard
 
 
 def png(pixels: np.ndarray) -> bytes:

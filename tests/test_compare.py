@@ -1,4 +1,4 @@
-"""ctdemo.compare: several models on the same slices, paired tests, and the Compare charts."""
+"""ctdemo.evaluation.compare: several models on the same slices, paired tests, the charts."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pickle
 import numpy as np
 import pytest
 
-from ctdemo import charts, compare
-from ctdemo.cards import ModelCard, preprocessing_spec
-from ctdemo.catalog import shipped_cards
-from ctdemo.compare import (
+from ctdemo.app import charts
+from ctdemo.app.catalog import shipped_cards
+from ctdemo.config import DEMO_BUNDLE_DIR, WEIGHTS_DIR
+from ctdemo.evaluation import compare
+from ctdemo.evaluation.compare import (
     LabelledSlices,
     card_comparison,
     comparison_csv,
@@ -25,9 +26,9 @@ from ctdemo.compare import (
     metrics_table,
     threshold_tradeoff,
 )
-from ctdemo.data import DatasetError
-from ctdemo.metrics import bootstrap_interval, f1_score, mcnemar_exact, roc_auc
-from ctdemo.paths import DEMO_BUNDLE_DIR, WEIGHTS_DIR
+from ctdemo.evaluation.metrics import bootstrap_interval, f1_score, mcnemar_exact, roc_auc
+from ctdemo.io.folders import DatasetError
+from ctdemo.models.cards import ModelCard, preprocessing_spec
 
 from conftest import make_image_folder
 
@@ -316,7 +317,7 @@ def test_card_comparison_of_a_card_without_validation():
 
 
 def tiny_models():
-    from ctdemo.models import build_cnn, build_mlp
+    from ctdemo.models.architectures import build_cnn, build_mlp
 
     mlp = build_mlp(24, 2, (8,), 0.0)
     cnn = build_cnn(32, 2, (4,), (8,), 0.0)
@@ -328,7 +329,7 @@ def tiny_models():
 
 @pytest.mark.slow
 def test_evaluate_models_decodes_once_and_uses_each_models_input(tmp_path, monkeypatch):
-    from ctdemo.inference import predict_files
+    from ctdemo.models.inference import predict_files
 
     root = make_image_folder(tmp_path / "data", per_class=6, size=40)
     (root / "COVID" / "broken.png").write_bytes(b"not a png")
@@ -375,7 +376,7 @@ def test_evaluate_models_decodes_once_and_uses_each_models_input(tmp_path, monke
 
 @pytest.mark.slow
 def test_evaluate_models_on_an_array_dataset(tiny_dataset):
-    from ctdemo.data import load_arrays
+    from ctdemo.io.folders import load_arrays
 
     dataset = load_arrays(tiny_dataset, 32)
     comparison = compare.evaluate_models(tiny_models(), dataset, timing_repeats=0)
@@ -413,7 +414,7 @@ def test_labelled_slices_check_their_labels():
 
 @pytest.mark.slow
 def test_shipped_models_on_the_demo_bundle_tell_their_cards_story():
-    from ctdemo.cards import load_model
+    from ctdemo.models.saving import load_model
 
     models = {name: load_model(WEIGHTS_DIR / f"{name}.keras") for name in ("mlp", "cnn")}
     comparison = compare.evaluate_models(models, DEMO_BUNDLE_DIR, timing_repeats=1)

@@ -1,4 +1,4 @@
-"""ctdemo.data: scanning image folders, decoding with a trustworthy cache, finding the data."""
+"""ctdemo.io.folders: scanning image folders, decoding with a trustworthy cache."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctdemo import data, paths
-from ctdemo.data import (
+from ctdemo import config
+from ctdemo.config import resolve_data_source
+from ctdemo.io import folders
+from ctdemo.io.download import MARKER
+from ctdemo.io.folders import (
     DatasetError,
     fingerprint,
     load_arrays,
-    resolve_data_source,
     scan_image_folder,
 )
-from ctdemo.download import MARKER
 
 from conftest import make_image_folder
 from dicom_factory import ct_dicom_bytes
@@ -135,13 +136,13 @@ def test_scan_missing_folder_is_an_error(tmp_path):
 def count_decodes(monkeypatch) -> list[int]:
     """Wrap _decode_all so the test can see how often the files were really decoded."""
     calls: list[int] = []
-    original = data._decode_all
+    original = folders._decode_all
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(data, "_decode_all", counting)
+    monkeypatch.setattr(folders, "_decode_all", counting)
     return calls
 
 
@@ -173,12 +174,13 @@ def test_load_arrays_shapes_and_dtypes(tiny_dataset):
 
 
 def test_load_arrays_matches_the_one_preprocessing_path(tiny_dataset):
-    from ctdemo.imaging import preprocess
+    from ctdemo.io.slices import decode_slice, to_model_input
 
     dataset = load_arrays(tiny_dataset, SIZE)
     index = dataset.files.index("non-COVID/non-COVID (5).png")
     raw = (tiny_dataset / "non-COVID" / "non-COVID (5).png").read_bytes()
-    np.testing.assert_array_equal(dataset.x[index], preprocess(raw, SIZE))
+    expected = to_model_input(decode_slice(raw).pixels, SIZE)
+    np.testing.assert_array_equal(dataset.x[index], expected)
 
 
 def test_corrupt_image_is_skipped_with_its_reason(tiny_dataset):
@@ -211,7 +213,7 @@ def test_second_load_comes_from_cache(tiny_dataset, monkeypatch, isolated_home):
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_decode_all", must_not_decode)
+    monkeypatch.setattr(folders, "_decode_all", must_not_decode)
     second = load_arrays(tiny_dataset, SIZE)
     np.testing.assert_array_equal(second.x, first.x)
     np.testing.assert_array_equal(second.y, first.y)
@@ -233,7 +235,7 @@ def test_cache_is_keyed_by_size(tiny_dataset, tmp_path, monkeypatch):
 def test_skipped_list_survives_the_cache(tiny_dataset, tmp_path, monkeypatch):
     (tiny_dataset / "COVID" / "broken.png").write_bytes(b"nope")
     first = load_arrays(tiny_dataset, SIZE, cache_dir=tmp_path / "c")
-    monkeypatch.setattr(data, "_decode_all", None)  # any decode would now crash
+    monkeypatch.setattr(folders, "_decode_all", None)  # any decode would now crash
     second = load_arrays(tiny_dataset, SIZE, cache_dir=tmp_path / "c")
     assert second.skipped == first.skipped
     assert [name for name, _ in second.skipped] == ["COVID/broken.png"]
@@ -403,7 +405,7 @@ def test_data_dir_as_plain_image_folder(tiny_dataset, monkeypatch):
 
 def test_downloaded_dataset_is_used_when_complete(tmp_path, monkeypatch):
     monkeypatch.delenv("CTDEMO_DATA_DIR", raising=False)
-    dest = paths.default_download_dest()
+    dest = config.default_download_dest()
     make_image_folder(dest, per_class=2)
     assert resolve_data_source().origin == "embedded demo set", "no marker: not complete"
     (dest / MARKER).write_text("{}")
@@ -417,9 +419,9 @@ def test_fallback_is_the_embedded_demo_set(monkeypatch, isolated_home):
     monkeypatch.delenv("CTDEMO_DATA_DIR", raising=False)
     source = resolve_data_source()
     assert source.origin == "embedded demo set"
-    assert source.train_dir == paths.DEMO_BUNDLE_DIR
+    assert source.train_dir == config.DEMO_BUNDLE_DIR
     assert source.test_dir is None
-    assert paths.home_dir() == isolated_home
+    assert config.home_dir() == isolated_home
 
 
 def test_empty_data_dir_variable_means_unset(monkeypatch):

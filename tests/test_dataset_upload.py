@@ -1,4 +1,4 @@
-"""ctdemo.dataset_upload: a visitor's zip of class folders, unpacked safely under the home."""
+"""ctdemo.io.uploads: a visitor's zip of class folders, unpacked safely under the home."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ctdemo.archives import ArchiveError, ArchiveLimits
-from ctdemo.data import DatasetError, load_arrays
-from ctdemo.dataset_upload import (
+from ctdemo.io.archives import ArchiveError, ArchiveLimits
+from ctdemo.io.folders import DatasetError, load_arrays
+from ctdemo.io.uploads import (
     MARKER,
     STALE_AFTER_S,
     import_zip_dataset,

@@ -6,13 +6,12 @@ import json
 
 import pytest
 
-from ctdemo.cards import save_model
-from ctdemo.data import DatasetError, scan_image_folder
-from ctdemo.demo import build_demo_set
-from ctdemo.experiment import train_on_folder
-from ctdemo.models import Architecture
-from ctdemo.splits import SplitSpec
-from ctdemo.training import TrainConfig
+from ctdemo.evaluation.splits import SplitSpec
+from ctdemo.io.demo import build_demo_set
+from ctdemo.io.folders import DatasetError, scan_image_folder
+from ctdemo.models.experiment import train_on_folder
+from ctdemo.models.saving import save_model
+from ctdemo.models.specs import Architecture, TrainConfig
 
 from conftest import make_image_folder
 

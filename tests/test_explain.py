@@ -8,16 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ctdemo.cards import load_model
-from ctdemo.explain import (
-    available_methods,
-    explain,
-    rank_correlation,
-    to_slice_geometry,
-)
-from ctdemo.imaging import decode_slice, to_model_input
-from ctdemo.models import Architecture, build_model
-from ctdemo.paths import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.config import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.explain.methods import to_slice_geometry
+from ctdemo.explain.saliency import available_methods, explain
+from ctdemo.explain.sanity import rank_correlation
+from ctdemo.io.slices import decode_slice, to_model_input
+from ctdemo.models.architectures import build_model
+from ctdemo.models.saving import load_model
+from ctdemo.models.specs import Architecture
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctdemo.cards import load_model
-from ctdemo.explain_files import explain_files
-from ctdemo.paths import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.config import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.explain.files import explain_files
+from ctdemo.models.saving import load_model
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctdemo.faithfulness import STEPS, deletion_curve
+from ctdemo.explain.faithfulness import STEPS, deletion_curve
 
 SIZE = 48
 REGION = (slice(8, 20), slice(28, 40))

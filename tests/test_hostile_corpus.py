@@ -1,6 +1,6 @@
 """Issue 8: every hostile input of `hostile_corpus` through every entry point.
 
-Slices go through `ctdemo.imaging.decode_slice`, one `python -m ctdemo predict --json` and one
+Slices go through `ctdemo.io.slices.decode_slice`, one `python -m ctdemo predict --json` and one
 upload of all of them on the Classify page; zips go through `import_zip_dataset` then
 `load_arrays` (what the Train page does) and through the Train page itself. Each ends in its
 expected typed error with a message for a person, or in a correct result; nothing is written
@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
-from ctdemo.archives import ArchiveError, ArchiveLimits
-from ctdemo.data import DatasetError, load_arrays
-from ctdemo.dataset_upload import MARKER, import_zip_dataset, uploads_dir
-from ctdemo.imaging import SliceError, decode_slice
+from ctdemo.io.archives import ArchiveError, ArchiveLimits
+from ctdemo.io.folders import DatasetError, load_arrays
+from ctdemo.io.slices import SliceError, decode_slice
+from ctdemo.io.uploads import MARKER, import_zip_dataset, uploads_dir
 
 from conftest import ROOT
 from hostile_corpus import (
@@ -257,7 +257,7 @@ def test_the_whole_library_corpus_runs_in_bounded_memory(tmp_path):
         "import json, sys, hostile_corpus; "
         "print(json.dumps(hostile_corpus.run_library_corpus(sys.argv[1])))"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "home")],
         cwd=tmp_path,
@@ -336,7 +336,7 @@ def open_app(page: str | None = None, state: dict | None = None) -> AppTest:
 
 
 def unplain(text: str) -> str:
-    """A message as the person reads it: what `ctdemo.text.plain` escaped, unescaped."""
+    """A message as the person reads it: what `ctdemo.app.text.plain` escaped, unescaped."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
 
 
@@ -371,7 +371,7 @@ def test_classify_page_shows_an_error_per_bad_file_and_results_for_good_ones(out
 def test_train_page_answers_every_zip_and_keeps_uploads_in_their_folder(outside):
     home = outside
     # the upload chosen before the page first runs: it would decode the demo set first
-    app = open_app("app_pages/train.py", {"data": "Upload a .zip of class folders"})
+    app = open_app("app_pages/train/page.py", {"data": "Upload a .zip of class folders"})
     assert app.radio(key="data").value == "Upload a .zip of class folders"
     for case in ZIPS:
         before = upload_folders(home)
@@ -403,7 +403,7 @@ def test_compare_page_refuses_the_same_zips_and_never_raises(outside):
     (Not the 5,000 files again: the same import, seconds, already run on the Train page.)"""
     home = outside
     # chosen before the page first runs: it would otherwise evaluate on the demo set first
-    app = open_app("app_pages/compare.py", {"compare_data": COMPARE_UPLOAD})
+    app = open_app("app_pages/compare/page.py", {"compare_data": COMPARE_UPLOAD})
     for case in ZIPS:
         if case.name == "thousands-of-tiny-files":
             continue

@@ -28,17 +28,17 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ctdemo import download
-from ctdemo.archives import ArchiveError, safe_extract
-from ctdemo.cards import ModelCard, json_safe
 from ctdemo.cli import main
-from ctdemo.data import DatasetError, scan_image_folder
-from ctdemo.dataset_upload import MARKER as UPLOAD_MARKER
-from ctdemo.dataset_upload import import_zip_dataset, owner_dir, remove_stale_uploads
-from ctdemo.download import DownloadError, download_dataset, is_complete
-from ctdemo.metrics import Interval, classification_report, shown
-from ctdemo.models import Architecture
-from ctdemo.splits import SplitSpec, file_number_groups, split_indices
+from ctdemo.evaluation.metrics import Interval, classification_report, shown
+from ctdemo.evaluation.splits import SplitSpec, file_number_groups, split_indices
+from ctdemo.io import download
+from ctdemo.io.archives import ArchiveError, safe_extract
+from ctdemo.io.download import DownloadError, download_dataset, is_complete
+from ctdemo.io.folders import DatasetError, scan_image_folder
+from ctdemo.io.uploads import MARKER as UPLOAD_MARKER
+from ctdemo.io.uploads import import_zip_dataset, owner_dir, remove_stale_uploads
+from ctdemo.models.cards import ModelCard, json_safe
+from ctdemo.models.specs import Architecture
 
 from conftest import ROOT, make_image_folder
 
@@ -383,7 +383,7 @@ def open_page(page: str, state: dict) -> AppTest:
 
 @pytest.mark.slow
 def test_train_page_answers_each_hostile_name_with_one_error(isolated_home):
-    app = open_page("app_pages/train.py", {"data": "Upload a .zip of class folders"})
+    app = open_page("app_pages/train/page.py", {"data": "Upload a .zip of class folders"})
     for case in HOSTILE_NAMES:
         app.file_uploader(key="data_zip").set_value(
             (f"{case}.zip", hostile_zip(case), "application/zip")
@@ -400,7 +400,7 @@ def test_train_page_answers_each_hostile_name_with_one_error(isolated_home):
 @pytest.mark.slow
 def test_compare_page_answers_each_hostile_name_with_one_error(isolated_home):
     state = {"compare_data": "Upload a labelled .zip of class folders"}
-    app = open_page("app_pages/compare.py", state)
+    app = open_page("app_pages/compare/page.py", state)
     for case in HOSTILE_NAMES:
         app.file_uploader(key="compare_zip").set_value(
             (f"{case}.zip", hostile_zip(case), "application/zip")
@@ -469,8 +469,8 @@ def test_a_grouped_split_puts_a_group_of_every_class_in_validation():
 
 
 def test_train_on_folder_with_a_one_image_class_says_which_class_is_too_small(tmp_path):
-    from ctdemo.experiment import train_on_folder
-    from ctdemo.training import TrainConfig
+    from ctdemo.models.experiment import train_on_folder
+    from ctdemo.models.specs import TrainConfig
 
     data = one_image_class(tmp_path / "data")
     config = TrainConfig(TINY_MLP, epochs=1, batch_size=4, patience=0)

@@ -17,14 +17,15 @@ import pytest
 from test_cli import assert_one_line_error, run_cli
 from test_page_classify import image_captions, open_app, png, upload, use_own_model, verdicts
 
-from ctdemo import classify
-from ctdemo.cards import ModelCard, ModelLoadError, preprocessing_spec, save_model
-from ctdemo.explain import explain
-from ctdemo.inference import NOT_A_NUMBER, predict_files, probabilities
-from ctdemo.model_cost import BATCH_ACTIVATION_BYTES, MAX_LAYERS, ModelCost, check_cost
-from ctdemo.samples import sample_scans
-from ctdemo.text import plain
-from ctdemo.uploaded import adapt_uploaded_model, read_uploaded_model
+from ctdemo.app import classify
+from ctdemo.app.samples import sample_scans
+from ctdemo.app.text import plain
+from ctdemo.explain.saliency import explain
+from ctdemo.models.cards import ModelCard, ModelLoadError, preprocessing_spec
+from ctdemo.models.cost import BATCH_ACTIVATION_BYTES, MAX_LAYERS, ModelCost, check_cost
+from ctdemo.models.inference import NOT_A_NUMBER, predict_files, probabilities
+from ctdemo.models.saving import save_model
+from ctdemo.models.uploaded import adapt_uploaded_model, read_uploaded_model
 
 from dicom_factory import ct_dicom_bytes
 
@@ -242,7 +243,7 @@ def test_score_cam_on_fewer_than_16_channels_explains():
     ],
 )
 def test_gradient_methods_on_a_stop_gradient_model_say_why_they_cannot(method, where):
-    from ctdemo.explain import METHOD_LABELS, ExplanationError
+    from ctdemo.explain.methods import METHOD_LABELS, ExplanationError
 
     model = small_cnn(stop_gradient=True, head="linear")
     with pytest.raises(ExplanationError) as raised:
@@ -381,7 +382,7 @@ def test_dicom_values_and_an_own_models_names_are_not_markdown(tmp_path):
 
 
 def test_grad_cam_through_gradients_that_are_not_finite_says_so():
-    from ctdemo.explain import ExplanationError
+    from ctdemo.explain.methods import ExplanationError
 
     inputs = keras.Input((16, 16, 1))
     x = keras.layers.Conv2D(4, 3, name="last_conv_here")(inputs)

@@ -30,9 +30,11 @@ from pydicom.encaps import encapsulate
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from ctdemo import classify, data, imaging
-from ctdemo.data import DatasetError, load_arrays, scan_image_folder
-from ctdemo.imaging import (
+from ctdemo.app import classify
+from ctdemo.evaluation.splits import assign_groups
+from ctdemo.io import folders, slices
+from ctdemo.io.folders import DatasetError, load_arrays, scan_image_folder
+from ctdemo.io.slices import (
     LUNG_WINDOW,
     MAX_DECODED_SIDE,
     AspectRatioError,
@@ -45,7 +47,6 @@ from ctdemo.imaging import (
     read_slice_file,
     to_model_input,
 )
-from ctdemo.splits import assign_groups
 
 import hostile_corpus
 from conftest import ROOT, make_image_folder, real_train_dir
@@ -263,7 +264,7 @@ def test_a_dataset_over_its_pixel_budget_is_refused_before_decoding(tmp_path, mo
         (tmp_path / "bomb" / name).mkdir(parents=True)
         for number in range(20):
             (tmp_path / "bomb" / name / f"{number}.png").write_bytes(blank)
-    monkeypatch.setattr(data, "decode_slice", lambda *args: pytest.fail("decoded"))
+    monkeypatch.setattr(folders, "decode_slice", lambda *args: pytest.fail("decoded"))
     started = time.perf_counter()
     with pytest.raises(DatasetError, match=r"1,000 megapixels.* over 600 megapixels"):
         load_arrays(tmp_path / "bomb", 24)
@@ -281,9 +282,9 @@ def test_a_dataset_within_its_pixel_budget_decodes_its_large_images_reduced(tmp_
 
 def test_the_real_training_set_is_well_within_the_dataset_budget():
     folder = scan_image_folder(real_train_dir())
-    total = sum(data._declared_pixels(path) for path in folder.files)
+    total = sum(folders._declared_pixels(path) for path in folder.files)
     assert len(folder.files) > 1_900
-    assert 3 * total < data.MAX_DATASET_PIXELS < 5 * total
+    assert 3 * total < folders.MAX_DATASET_PIXELS < 5 * total
 
 
 # ---------------------------------------------------------------------------- 5. DICOM bombs
@@ -405,7 +406,7 @@ def test_a_picture_named_dcm_is_decoded_as_the_picture_it_is(format):
     decoded = decode_slice(picture, "scan.dcm")
     assert decoded.source_format == format
     assert abs(decoded.pixels.mean() - 128 / 255) < 0.01
-    assert not imaging.is_dicom(picture, "scan.dcm")
+    assert not slices.is_dicom(picture, "scan.dcm")
 
 
 def test_an_eps_file_never_reaches_ghostscript(monkeypatch):
@@ -508,7 +509,7 @@ def test_read_slice_file_refuses_what_is_not_a_regular_file(path, match):
 
 
 def test_read_slice_file_refuses_a_file_over_the_byte_cap_by_its_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 2**20)
+    monkeypatch.setattr(slices, "MAX_FILE_BYTES", 2**20)
     path = tmp_path / "big.png"
     path.write_bytes(bytes(3 * 2**20))
     with pytest.raises(ImageTooLargeError, match="The file is 3 MB; slices over 1 MB"):
@@ -518,7 +519,7 @@ def test_read_slice_file_refuses_a_file_over_the_byte_cap_by_its_size(tmp_path, 
 def test_a_dataset_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "pipe.png"  # scanning skips one; it may be swapped in after the scan
     os.mkfifo(fifo)
-    image, error, _ = within_seconds(10, data._decode_file, fifo, 24)
+    image, error, _ = within_seconds(10, folders._decode_file, fifo, 24)
     assert image is None and "not a regular file" in error
 
 
@@ -594,7 +595,7 @@ def test_a_decoded_slice_holds_no_patient_id_only_an_equality_keeping_digest():
 def test_caches_of_earlier_formats_are_removed_and_nothing_else(tmp_path, isolated_home):
     """Before format 3 a cache's JSON held raw PatientIDs: the next load deletes those files,
     and only files named as the cache names them."""
-    from ctdemo.data import CACHE_FORMAT
+    from ctdemo.io.folders import CACHE_FORMAT
 
     arrays = isolated_home / "arrays"
     arrays.mkdir(parents=True)

@@ -20,13 +20,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ctdemo import charts, cli, experiment, models
-from ctdemo.data import load_arrays
-from ctdemo.jobs import STOPPED, TrainingQueue
-from ctdemo.models import PRESETS, Architecture, build_model, parameter_count
-from ctdemo.splits import SplitSpec
-from ctdemo.text import plain
-from ctdemo.train_settings import (
+from ctdemo import cli
+from ctdemo.app import charts
+from ctdemo.app.jobs import STOPPED, TrainingQueue
+from ctdemo.app.text import plain
+from ctdemo.app.train_settings import (
     BATCH_SIZES,
     IMAGE_SIZES,
     LEARNING_RATES,
@@ -40,7 +38,13 @@ from ctdemo.train_settings import (
     estimate,
     from_query,
 )
-from ctdemo.training import TrainConfig, train
+from ctdemo.evaluation import splits
+from ctdemo.evaluation.splits import SplitSpec
+from ctdemo.io.folders import load_arrays
+from ctdemo.models import architectures, experiment
+from ctdemo.models.architectures import build_model
+from ctdemo.models.specs import PRESETS, Architecture, TrainConfig, parameter_count
+from ctdemo.models.training import train
 
 from conftest import ROOT
 
@@ -67,7 +71,7 @@ def no_model_built(monkeypatch):
         raise AssertionError("a model was built")
 
     for name in ("build_model", "build_cnn", "build_mlp"):
-        monkeypatch.setattr(models, name, refuse)
+        monkeypatch.setattr(architectures, name, refuse)
     return calls
 
 
@@ -212,7 +216,7 @@ def test_a_job_past_its_time_limit_stops_itself_keeps_the_best_epoch_and_says_wh
 
 @pytest.mark.slow
 def test_training_stops_at_its_time_limit(data):
-    split = experiment.make_split(data, SPEC)
+    split = splits.make_split(data, SPEC)
     config = TrainConfig(TINY_MLP, epochs=1000, batch_size=8, patience=0, time_limit_seconds=2)
     result = train(config, split.train, split.val)
     assert result.stop_reason == "time limit" and result.epochs_run < 1000
@@ -384,7 +388,7 @@ def open_train(query: dict[str, str], data: str = "Upload a .zip of class folder
         app.query_params[key] = value
     app.run()
     app.session_state["data"] = data  # chosen before the page first runs
-    app.switch_page("app_pages/train.py").run()
+    app.switch_page("app_pages/train/page.py").run()
     assert not app.exception, [e.value for e in app.exception]
     return app
 

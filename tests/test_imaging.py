@@ -1,4 +1,4 @@
-"""ctdemo.imaging: every decoder path, every refusal, and the path to model input."""
+"""ctdemo.io.slices: every decoder path, every refusal, and the path to model input."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ctdemo import imaging
-from ctdemo.imaging import (
+from ctdemo.io import slices
+from ctdemo.io.slices import (
     LUNG_WINDOW,
     MEDIASTINUM_WINDOW,
     DecodedSlice,
@@ -27,7 +27,6 @@ from ctdemo.imaging import (
     Window,
     decode_slice,
     pad_to_square,
-    preprocess,
     to_model_input,
 )
 
@@ -313,7 +312,7 @@ def test_dicom_tags_are_safe_and_groups_hold_a_digest_of_patient_id():
     assert tags["Rows"] == "2"
     assert tags["Columns"] == "3"
     assert tags["ConvolutionKernel"] == "LUNG"
-    assert set(tags) <= set(imaging.SAFE_DICOM_TAGS)
+    assert set(tags) <= set(slices.SAFE_DICOM_TAGS)
     for forbidden in ("PatientName", "PatientID", "PatientBirthDate"):
         assert forbidden not in tags
     flat = " ".join(tags.values())
@@ -431,7 +430,7 @@ def test_png_just_over_the_pixel_cap_is_too_large():
 
 
 def test_file_over_byte_cap_is_refused(monkeypatch):
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(slices, "MAX_FILE_BYTES", 100)
     with pytest.raises(ImageTooLargeError, match="MB"):
         decode_slice(encode(Image.fromarray(grey_ramp(32, 32)), "BMP"))
 
@@ -521,13 +520,6 @@ def test_to_model_input_three_channels_repeat_the_grey():
     np.testing.assert_array_equal(out[..., 0], out[..., 1])
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
     assert out[..., 0].std() > 0.01  # real content, not a constant
-
-
-def test_preprocess_is_decode_then_model_input():
-    pixels = grey_ramp(20, 36)
-    data = encode(Image.fromarray(pixels), "PNG")
-    expected = to_model_input(decode_slice(data).pixels, 28, 3)
-    np.testing.assert_array_equal(preprocess(data, 28, channels=3, filename="x.png"), expected)
 
 
 # ---------------------------------------------------------------------------- properties

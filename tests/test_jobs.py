@@ -1,4 +1,4 @@
-"""ctdemo.jobs: the training queue, its workers, live progress, stop, failures, expiry.
+"""ctdemo.app.jobs: the training queue, its workers, live progress, stop, failures, expiry.
 
 Queue mechanics run a fake training (gated, instant, no TensorFlow work) so that who waits for
 whom is decided by the test, not by timing; the end-to-end cases train tiny real models.
@@ -15,9 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ctdemo import experiment
-from ctdemo.data import load_arrays
-from ctdemo.jobs import (
+from ctdemo.app.jobs import (
     CANCELLED,
     DONE,
     FAILED,
@@ -31,9 +29,10 @@ from ctdemo.jobs import (
     default_queue,
     validation_split,
 )
-from ctdemo.models import Architecture
-from ctdemo.splits import SplitSpec
-from ctdemo.training import TrainConfig
+from ctdemo.evaluation.splits import SplitSpec
+from ctdemo.io.folders import load_arrays
+from ctdemo.models import experiment
+from ctdemo.models.specs import Architecture, TrainConfig
 
 pytestmark = pytest.mark.timeout(120)
 

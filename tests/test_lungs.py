@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctdemo.imaging import decode_slice
-from ctdemo.lungs import heat_share, segment_lungs
+from ctdemo.explain.lungs import heat_share, segment_lungs
+from ctdemo.io.slices import decode_slice
 
 from conftest import real_train_dir
 

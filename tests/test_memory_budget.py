@@ -31,7 +31,7 @@ EXPECTED = {
 
 
 def run_case(kind: str, home) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "memory_budget.py"), kind, str(home)],
         cwd=ROOT,

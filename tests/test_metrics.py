@@ -1,4 +1,4 @@
-"""ctdemo.metrics against hand computations."""
+"""ctdemo.evaluation.metrics against hand computations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ctdemo.metrics import (
+from ctdemo.evaluation.metrics import (
     Interval,
     binary_report,
     bootstrap_interval,

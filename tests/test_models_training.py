@@ -8,13 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ctdemo.cards import ModelLoadError, card_path, load_model, save_model
-from ctdemo.data import load_arrays
-from ctdemo.experiment import evaluate, train_on_folder
-from ctdemo.features import DEFAULT_QUANTILES
-from ctdemo.models import LAST_CONV, PRESETS, Architecture, build_cnn, build_mlp, build_model
-from ctdemo.splits import SplitSpec
-from ctdemo.training import TrainConfig, fitted_part, member_cross_entropy, train
+from ctdemo.evaluation.splits import SplitSpec
+from ctdemo.io.folders import load_arrays
+from ctdemo.models.architectures import build_cnn, build_mlp, build_model
+from ctdemo.models.cards import ModelLoadError, card_path
+from ctdemo.models.experiment import evaluate, train_on_folder
+from ctdemo.models.saving import load_model, save_model
+from ctdemo.models.specs import DEFAULT_QUANTILES, LAST_CONV, PRESETS, Architecture, TrainConfig
+from ctdemo.models.training import fitted_part, member_cross_entropy, train
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +161,7 @@ def test_the_compiled_weight_swap_trains_like_keras_s(tiny_dataset, monkeypatch)
     own SwapEMAWeights (up to Keras's add-and-subtract rounding)."""
     import keras
 
-    from ctdemo import training
+    from ctdemo.models import training
 
     data = load_arrays(tiny_dataset, 24)
     config = TrainConfig(TINY_MLP, epochs=3, batch_size=8, patience=0, weight_averaging=True)
@@ -176,7 +177,7 @@ def test_the_compiled_weight_swap_trains_like_keras_s(tiny_dataset, monkeypatch)
 
 
 def test_distribution_features_are_quantiles_that_ignore_where_pixels_are():
-    from ctdemo.features import IntensityEdgeQuantiles
+    from ctdemo.models.features import IntensityEdgeQuantiles
 
     rng = np.random.default_rng(3)
     image = rng.random((1, 12, 12, 1)).astype("float32")

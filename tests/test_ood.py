@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ctdemo.ood import (
+from ctdemo.explain.ood import (
     BLANK_STD,
     COLOUR_FRACTION,
     OODDetector,
@@ -296,8 +296,8 @@ def test_load_refuses_files_that_are_not_detectors(tmp_path):
 def test_feature_extractor_returns_the_input_of_the_logits_layer():
     import keras
 
-    from ctdemo.models import build_cnn, build_mlp
-    from ctdemo.ood import detector_layer, extract_features, feature_extractor
+    from ctdemo.explain.ood import detector_layer, extract_features, feature_extractor
+    from ctdemo.models.architectures import build_cnn, build_mlp
 
     x = np.random.default_rng(5).random((3, 24, 24, 1)).astype(np.float32)
     cnn = build_cnn(24, 2, (4, 8), (6,), 0.1)
@@ -319,12 +319,11 @@ def test_feature_extractor_returns_the_input_of_the_logits_layer():
 
 @pytest.mark.slow
 def test_training_fits_records_and_saves_the_detector_beside_the_model(tiny_dataset, tmp_path):
-    from ctdemo.cards import load_model
-    from ctdemo.experiment import save_run, train_on_folder
-    from ctdemo.models import Architecture
-    from ctdemo.ood import check_file, feature_extractor, load_detector, model_digest
-    from ctdemo.splits import SplitSpec
-    from ctdemo.training import TrainConfig
+    from ctdemo.evaluation.splits import SplitSpec
+    from ctdemo.explain.ood import check_file, feature_extractor, load_detector, model_digest
+    from ctdemo.models.experiment import save_run, train_on_folder
+    from ctdemo.models.saving import load_model
+    from ctdemo.models.specs import Architecture, TrainConfig
 
     config = TrainConfig(Architecture("cnn", 24, 0.1, (8,), (4, 8)), epochs=2, batch_size=16)
     spec = SplitSpec("grouped", 0.25, 0, 5)
@@ -389,10 +388,10 @@ def test_cli_train_writes_the_detector(tmp_path):
 def shipped_cnn(tmp_path_factory):
     """The shipped CNN and a detector fitted on its real training split (files not in its
     card's validation list), with the feature extractor."""
-    from ctdemo.cards import load_model
-    from ctdemo.data import load_arrays
-    from ctdemo.ood import feature_extractor, fit_detector_from_card
-    from ctdemo.paths import WEIGHTS_DIR
+    from ctdemo.config import WEIGHTS_DIR
+    from ctdemo.explain.ood import feature_extractor, fit_detector_from_card
+    from ctdemo.io.folders import load_arrays
+    from ctdemo.models.saving import load_model
 
     train_dir = real_train_dir()
     model, card = load_model(WEIGHTS_DIR / "cnn.keras")
@@ -413,9 +412,9 @@ def test_shipped_cnn_detector_is_fitted_on_the_cards_split(shipped_cnn):
 
 @pytest.mark.slow
 def test_shipped_cnn_accepts_the_demo_bundle_and_every_sample(shipped_cnn):
-    from ctdemo.data import load_arrays
-    from ctdemo.ood import check_file, extract_features
-    from ctdemo.paths import DEMO_BUNDLE_DIR, DEMO_SAMPLES_DIR
+    from ctdemo.config import DEMO_BUNDLE_DIR, DEMO_SAMPLES_DIR
+    from ctdemo.explain.ood import check_file, extract_features
+    from ctdemo.io.folders import load_arrays
 
     _, card, detector, extractor, cache = shipped_cnn
     bundle = load_arrays(DEMO_BUNDLE_DIR, card.image_size, cache_dir=cache)
@@ -433,7 +432,7 @@ def test_shipped_cnn_accepts_the_demo_bundle_and_every_sample(shipped_cnn):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", GENERATED)
 def test_shipped_cnn_flags_generated_non_ct_images(shipped_cnn, name):
-    from ctdemo.ood import check_file
+    from ctdemo.explain.ood import check_file
 
     _, card, detector, extractor, _ = shipped_cnn
     result = check_file(GENERATED[name](), extractor, detector, card.image_size)
@@ -444,8 +443,8 @@ def test_shipped_cnn_flags_generated_non_ct_images(shipped_cnn, name):
 
 @pytest.mark.slow
 def test_shipped_detector_file_if_present_belongs_to_the_shipped_cnn(shipped_cnn):
-    from ctdemo.ood import load_detector
-    from ctdemo.paths import WEIGHTS_DIR
+    from ctdemo.config import WEIGHTS_DIR
+    from ctdemo.explain.ood import load_detector
 
     model, _, detector, _, _ = shipped_cnn
     shipped = load_detector(WEIGHTS_DIR / "cnn.keras", model)  # refuses other weights

@@ -10,10 +10,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_imaging import png_declaring
 
-from ctdemo.explain import METHOD_LABELS
-from ctdemo.imaging import LUNG_WINDOW, decode_slice
-from ctdemo.samples import sample_scans
-from ctdemo.text import plain
+from ctdemo.app.samples import sample_scans
+from ctdemo.app.text import plain
+from ctdemo.explain.methods import METHOD_LABELS
+from ctdemo.io.slices import LUNG_WINDOW, decode_slice
 
 from conftest import ROOT
 from dicom_factory import PATIENT_ID, PATIENT_NAME, ct_dicom_bytes

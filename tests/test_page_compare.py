@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ctdemo.cards import ModelCard, preprocessing_spec
-from ctdemo.resources import SESSION_MODELS, SessionModel
+from ctdemo.app.resources import SESSION_MODELS, SessionModel
+from ctdemo.models.cards import ModelCard, preprocessing_spec
 
 from conftest import ROOT, make_image_folder
 
@@ -19,7 +19,7 @@ def open_compare(session_models: dict | None = None) -> AppTest:
     if session_models:
         app.session_state[SESSION_MODELS] = session_models
     app.run()
-    app.switch_page("app_pages/compare.py").run()
+    app.switch_page("app_pages/compare/page.py").run()
     assert not app.exception
     return app
 
@@ -60,7 +60,7 @@ def test_an_empty_data_folder_gets_a_note_then_the_cards(tmp_path, monkeypatch):
 def tiny_model(kind: str, size: int, seed: int):
     import keras
 
-    from ctdemo.models import build_cnn, build_mlp
+    from ctdemo.models.architectures import build_cnn, build_mlp
 
     keras.utils.set_random_seed(seed)
     model = build_cnn(size, 2, (4,), (8,), 0.0) if kind == "cnn" else build_mlp(size, 2, (8,), 0.0)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ctdemo.text import plain
+from ctdemo.app.text import plain
 
 from conftest import ROOT, make_image_folder
 
@@ -33,7 +33,7 @@ def open_train(query: dict | None = None) -> AppTest:
     for key, value in (query or {}).items():
         app.query_params[key] = value
     app.run()
-    app.switch_page("app_pages/train.py").run()
+    app.switch_page("app_pages/train/page.py").run()
     assert not app.exception
     return app
 
@@ -93,9 +93,9 @@ def test_training_grows_the_curves_and_ends_with_metrics(tiny_data):
     assert app.get("download_button") and app.button(key="use_model")
     app.button(key="add_compare").click().run()
     assert any("Compare" in message.value for message in app.success)
-    app.switch_page("app_pages/compare.py").run()
+    app.switch_page("app_pages/compare/page.py").run()
     assert any("Trained:" in label for label in app.multiselect(key="compare_models").options)
-    app.switch_page("app_pages/train.py").run()
+    app.switch_page("app_pages/train/page.py").run()
     app.button(key="use_model").click().run()
     assert not app.exception
     assert app.selectbox(key="model").value.startswith("trained:")
@@ -197,7 +197,7 @@ def test_a_malformed_zip_gets_a_clear_error_and_writes_nothing_outside(
 def test_settings_survive_a_visit_to_another_page():
     app = open_train()
     app.slider(key="set_dropout").set_value(0.45).run()
-    app.switch_page("app_pages/classify.py").run()
-    app.switch_page("app_pages/train.py").run()
+    app.switch_page("app_pages/classify/page.py").run()
+    app.switch_page("app_pages/train/page.py").run()
     assert not app.exception
     assert app.slider(key="set_dropout").value == 0.45

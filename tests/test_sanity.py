@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctdemo.cards import load_model
-from ctdemo.imaging import decode_slice
-from ctdemo.inference import model_input
-from ctdemo.paths import DEMO_SAMPLES_DIR, WEIGHTS_DIR
-from ctdemo.sanity import UNCHANGED_ABOVE, cascading_randomisation, rank_correlation, verdict
+from ctdemo.config import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.explain.sanity import (
+    UNCHANGED_ABOVE,
+    cascading_randomisation,
+    rank_correlation,
+    verdict,
+)
+from ctdemo.io.slices import decode_slice
+from ctdemo.models.inference import model_input
+from ctdemo.models.saving import load_model
 
 GRADCAM_BOUND = 0.3
 """Measured on the first COVID sample: the fully random CNN's Grad-CAM correlates -0.20 with
@@ -45,7 +50,7 @@ def test_rank_correlation_is_spearman_and_zero_for_a_flat_map():
 
 
 def test_the_verdict_says_when_a_map_ignores_the_weights():
-    from ctdemo.sanity import RandomisationStep
+    from ctdemo.explain.sanity import RandomisationStep
 
     steady = [RandomisationStep("dense", UNCHANGED_ABOVE + 0.2, np.zeros((2, 2)))]
     assert "barely depends" in verdict(steady)

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from ctdemo.cards import card_path, load_model
-from ctdemo.catalog import shipped_cards, shipped_model_summaries
-from ctdemo.data import load_arrays, scan_image_folder
-from ctdemo.experiment import evaluate
-from ctdemo.inference import predict_files
-from ctdemo.models import LAST_CONV, PRESETS, Architecture
-from ctdemo.paths import DEMO_BUNDLE_DIR, DEMO_DIR, DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.app.catalog import shipped_cards, shipped_model_summaries
+from ctdemo.config import DEMO_BUNDLE_DIR, DEMO_DIR, DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.io.folders import load_arrays, scan_image_folder
+from ctdemo.models.cards import card_path
+from ctdemo.models.experiment import evaluate
+from ctdemo.models.inference import predict_files
+from ctdemo.models.saving import load_model
+from ctdemo.models.specs import LAST_CONV, PRESETS, Architecture
 
 SHIPPED = ("cnn", "mlp")
 
@@ -101,7 +102,7 @@ def test_card_metrics_are_reproduced_from_the_real_files(name, real_train):
 
 
 def test_shipped_cards_match_the_real_training_data(real_train):
-    from ctdemo.data import fingerprint
+    from ctdemo.io.folders import fingerprint
 
     folder = scan_image_folder(real_train)
     for card in shipped_cards().values():

@@ -1,4 +1,4 @@
-"""ctdemo.splits: deterministic, stratified splits; grouped splits keep groups whole."""
+"""ctdemo.evaluation.splits: deterministic, stratified splits; grouped splits keep groups whole."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import re
 import numpy as np
 import pytest
 
-from ctdemo.data import DatasetError, scan_image_folder
-from ctdemo.splits import (
+from ctdemo.evaluation.splits import (
     SplitSpec,
     assign_groups,
     file_number_groups,
     read_groups_csv,
     split_indices,
 )
+from ctdemo.io.folders import DatasetError, scan_image_folder
 
 
 def numbered_files(counts: dict[str, int]) -> tuple[list[str], np.ndarray]:

@@ -1,4 +1,4 @@
-"""`ctdemo.text.plain`: a visitor's string renders as exactly its characters, never as markup.
+"""`ctdemo.app.text.plain`: a visitor's string renders as exactly its characters, never as markup.
 
 The oracle is a real CommonMark renderer (markdown-it-py, installed with Keras's `rich`): what
 it makes of `plain(text)` must be one paragraph of text equal to `text`, with no element in it.
@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from ctdemo.text import plain
+from ctdemo.app.text import plain
 
 RENDERER = MarkdownIt("commonmark", {"html": True})  # HTML on: the worst case for an escape
 

@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from ctdemo.models import PRESETS, build_model
-from ctdemo.runs import run_label
-from ctdemo.train_settings import (
+from ctdemo.app.runs import run_label
+from ctdemo.app.train_settings import (
     ARCHITECTURES,
     MAX_MEMBERS,
     PAGE_BATCH_SIZE,
@@ -19,6 +18,8 @@ from ctdemo.train_settings import (
     parse_units,
     seconds_per_epoch,
 )
+from ctdemo.models.architectures import build_model
+from ctdemo.models.specs import PRESETS
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

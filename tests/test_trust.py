@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctdemo.cards import load_model
-from ctdemo.imaging import decode_slice
-from ctdemo.paths import DEMO_SAMPLES_DIR, WEIGHTS_DIR
-from ctdemo.trust import assess, estimate, paired_p_value
+from ctdemo.config import DEMO_SAMPLES_DIR, WEIGHTS_DIR
+from ctdemo.explain.trust import assess, estimate, paired_p_value
+from ctdemo.io.slices import decode_slice
+from ctdemo.models.saving import load_model
 
 
 @pytest.mark.slow

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctdemo import cards
-from ctdemo.cards import ModelLoadError
-from ctdemo.explain import available_methods, explain
-from ctdemo.imaging import decode_slice, to_model_input
-from ctdemo.inference import model_input, predict_files
-from ctdemo.metrics import softmax
-from ctdemo.uploaded import (
+from ctdemo.evaluation.metrics import softmax
+from ctdemo.explain.saliency import available_methods, explain
+from ctdemo.io.slices import decode_slice, to_model_input
+from ctdemo.models import cards
+from ctdemo.models.cards import ModelLoadError
+from ctdemo.models.inference import model_input, predict_files
+from ctdemo.models.uploaded import (
     CUSTOM_REFUSAL,
     adapt_uploaded_model,
     check_architecture,
@@ -480,7 +480,7 @@ def test_inference_multiplies_inputs_by_the_cards_scale(tmp_path):
 
 
 def test_our_own_distribution_mlp_is_accepted_and_explained(tmp_path):
-    from ctdemo.models import build_mlp
+    from ctdemo.models.architectures import build_mlp
 
     model = build_mlp(16, 2, (8,), 0.5, features="distribution")
     loaded, info = read_uploaded_model(saved(model, tmp_path, "ours.keras"), "ours.keras")
@@ -503,7 +503,8 @@ def test_a_forged_module_behind_our_layers_name_is_refused():
 
 
 def test_our_cnn_ensemble_is_accepted_and_grad_cam_reads_every_member(tmp_path):
-    from ctdemo.models import LAST_CONV, build_cnn
+    from ctdemo.models.architectures import build_cnn
+    from ctdemo.models.specs import LAST_CONV
 
     model = build_cnn(16, 2, (4, 8), (8,), 0.1, members=3)
     loaded, info = read_uploaded_model(saved(model, tmp_path, "ensemble.keras"), "ensemble.keras")

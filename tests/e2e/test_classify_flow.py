@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from ctdemo.samples import sample_scans
+from ctdemo.app.samples import sample_scans
 
 from .conftest import full_page_screenshot
 from conftest import REAL_DATA

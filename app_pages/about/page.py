@@ -1,0 +1,67 @@
+"""About: the data and its licence, the shipped models' cards, and how accuracy was measured."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ctdemo.app.catalog import card_sections, shipped_cards
+from ctdemo.app.charts import training_curves
+from ctdemo.app.classify import CAUTION
+
+st.title("About ctdemo")
+st.warning(f"**Not for diagnosis.** {CAUTION}")
+
+st.header("The data")
+st.markdown(
+    """
+The scans are the **SARS-CoV-2 CT-scan dataset** of Eduardo Soares, Plamen Angelov, Sarah Biaso,
+Michele Higa Froes and Daniel Kanda Abe (2020), *SARS-CoV-2 CT-scan dataset: A large dataset of
+real patients CT scans for SARS-CoV-2 identification*, medRxiv,
+[doi:10.1101/2020.04.24.20078584](https://doi.org/10.1101/2020.04.24.20078584): slices of real
+patients of hospitals in São Paulo, Brazil, labelled COVID-19 or non-COVID (other lung diseases
+and healthy lungs). It is published under **CC BY-NC-SA 4.0**: attribution, non-commercial,
+share-alike. The few slices embedded in this app (12 samples and a 300-slice bundle, all from
+the shipped models' validation split) are under that licence, not the code's.
+
+The full training folder (1,971 slices) is fetched with `python -m ctdemo download`; point the
+app at any image-folder dataset with `CTDEMO_DATA_DIR`.
+"""
+)
+
+st.header("How accuracy is measured, and what a random split leaks")
+st.markdown(
+    """
+The files are numbered patient by patient, and neighbouring slices of one patient look almost
+alike: a slice's nearest neighbour is usually its numbering neighbour. Split the slices at
+random and the same patients land on both sides, so a model is graded on near-copies of what it
+trained on. A plain 1-nearest-neighbour lookup, which learns nothing, scores about **92%** under
+a random split but about **69%** on patients it has never seen (`benchmarks/leakage.py`).
+
+So every number in this app comes from a **grouped split**: whole groups of slices stay on one
+side. The dataset has no patient IDs, so a group is a block of 25 consecutive file numbers (a
+documented proxy; DICOM PatientID or a groups CSV are used when present). The validation split
+also chose the best epoch, so it is slightly optimistic; the intervals are 95% Wilson (accuracy
+and rates) or bootstrap (AUC) intervals over slices, and slices of one patient are not
+independent, so the honest uncertainty is wider still (the README gives patient-level figures).
+"""
+)
+
+st.header("The shipped models")
+cards = shipped_cards()
+if not cards:
+    st.info("No shipped models found in weights/. The README says how to build them.")
+for name, card in cards.items():
+    st.subheader(f"{name}: {card.architecture.get('kind', '?').upper()}")
+    sections = card_sections(card)
+    columns = st.columns(2)
+    for index, (title, rows) in enumerate(sections.items()):
+        with columns[index % 2]:
+            st.markdown(f"**{title}**")
+            st.table(rows)
+    curves = st.columns(2)
+    for column, metric in zip(curves, ("loss", "accuracy"), strict=True):
+        column.plotly_chart(
+            training_curves(card.history, metric, card.best_epoch),
+            key=f"about_{name}_{metric}",
+            width="stretch",
+        )

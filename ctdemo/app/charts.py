@@ -1,0 +1,248 @@
+"""Plotly figures for the pages: numbers in, figures out, no Streamlit.
+
+Class and model names come from a visitor's folders and files, and plotly renders a subset of
+HTML in every label (`<b>`, `<a href>`, `<br>`): each name goes through `html.escape` here, so
+it shows as written.
+"""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+from ctdemo.app.classify import format_probability
+
+PREDICTED_COLOUR = "#d62728"
+OTHER_COLOUR = "#9aa5b1"
+
+
+def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Figure:
+    """One horizontal bar per class, the most probable one highlighted, as percentages."""
+    names = [html.escape(name) for name in probabilities]
+    values = list(probabilities.values())
+    best = max(range(len(values)), key=values.__getitem__)
+    figure = go.Figure(
+        go.Bar(
+            x=values,
+            y=names,
+            orientation="h",
+            marker_color=[
+                PREDICTED_COLOUR if i == best else OTHER_COLOUR for i in range(len(names))
+            ],
+            text=[format_probability(value) for value in values],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=html.escape(title) or None,
+        xaxis={
+            "range": [0, 1.001],
+            "tickvals": [0, 0.25, 0.5, 0.75, 1],
+            "tickformat": ".0%",
+            "title": "probability",
+        },
+        yaxis={"autorange": "reversed"},
+        height=60 + 40 * len(names),
+        margin={"l": 10, "r": 30, "t": 30 if title else 10, "b": 10},
+        showlegend=False,
+    )
+    return figure
+
+
+def training_curves(
+    history: dict[str, list[float]],
+    metric: str,
+    best_epoch: int = 0,
+    early_stop_epoch: int | None = None,
+) -> go.Figure:
+    """Train and validation `metric` ("loss" or "accuracy") per epoch, the best epoch (whose
+    weights are kept) and the early-stopping point marked."""
+    figure = go.Figure()
+    for key, name, dash in ((metric, "train", "solid"), (f"val_{metric}", "validation", "dash")):
+        values = history.get(key) or []
+        figure.add_scatter(
+            x=list(range(1, len(values) + 1)),
+            y=values,
+            name=name,
+            mode="lines+markers",
+            line={"dash": dash},
+        )
+    if best_epoch:
+        figure.add_vline(x=best_epoch, line_dash="dot", annotation_text=f"best epoch {best_epoch}")
+    if early_stop_epoch:
+        figure.add_vline(
+            x=early_stop_epoch,
+            line_dash="dash",
+            line_color="#888",
+            annotation_text="early stop",
+            annotation_position="bottom right",
+        )
+    figure.update_layout(
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        height=300,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return figure
+
+
+def _count_heatmap(
+    matrix: list[list[int]], true_names: list[str], predicted_names: list[str]
+) -> go.Heatmap:
+    """Counts with true classes as rows and predicted ones as columns, each cell labelled."""
+    return go.Heatmap(
+        z=matrix,
+        x=[f"predicted {html.escape(name)}" for name in predicted_names],
+        y=[f"true {html.escape(name)}" for name in true_names],
+        text=matrix,
+        texttemplate="%{text}",
+        colorscale="Blues",
+        showscale=False,
+    )
+
+
+def confusion_matrix(matrix: list[list[int]], class_names: list[str]) -> go.Figure:
+    """Counts of true (rows) against predicted (columns) classes."""
+    figure = go.Figure(_count_heatmap(matrix, class_names, class_names))
+    figure.update_layout(
+        height=120 + 60 * len(class_names),
+        yaxis={"autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    )
+    return figure
+
+
+def run_overlay(runs: list[tuple[str, dict]], metric: str) -> go.Figure:
+    """Several runs' train (solid) and validation (dashed) `metric`, one colour per run."""
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+    figure = go.Figure()
+    for index, (label, history) in enumerate(runs):
+        colour = palette[index % len(palette)]
+        for key, dash, suffix in ((metric, "solid", "train"), (f"val_{metric}", "dash", "val")):
+            values = list(history.get(key) or [])
+            figure.add_scatter(
+                x=list(range(1, len(values) + 1)),
+                y=values,
+                name=f"{html.escape(label)} ({suffix})",
+                mode="lines",
+                line={"color": colour, "dash": dash},
+            )
+    figure.update_layout(
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        height=340,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return figure
+
+
+MODEL_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+"""One colour per compared model, in the order of `run_overlay`, so a model keeps its colour
+from chart to chart."""
+
+
+def roc_overlay(curves: dict[str, tuple[list[float], list[float], float]]) -> go.Figure:
+    """Several models' ROC curves on the same slices, AUC in the legend, chance dotted."""
+    figure = _with_diagonal("chance")
+    for index, (name, (fpr, tpr, auc)) in enumerate(curves.items()):
+        label = (
+            html.escape(name)
+            if auc is None or auc != auc
+            else f"{html.escape(name)} (AUC {auc:.3f})"
+        )
+        figure.add_scatter(
+            x=list(fpr),
+            y=list(tpr),
+            name=label,
+            mode="lines",
+            line={"color": MODEL_PALETTE[index % len(MODEL_PALETTE)], "shape": "hv"},
+            hovertemplate="false-positive rate %{x:.1%}<br>sensitivity %{y:.1%}<extra></extra>",
+        )
+    figure.update_layout(
+        xaxis={
+            "title": "false-positive rate (1 − specificity)",
+            "range": [0, 1],
+            "tickformat": ".0%",
+        },
+        yaxis={"title": "sensitivity", "range": [0, 1.02], "tickformat": ".0%"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def reliability_diagram(calibration: dict[str, list[dict]]) -> go.Figure:
+    """Mean predicted probability against observed frequency per bin (`metrics.
+    reliability_bins`), one line per model; marker size and hover give each bin's count.
+    Empty bins are left out; a calibrated model lies on the dotted diagonal."""
+    figure = _with_diagonal("perfectly calibrated")
+    largest = max((row["count"] for rows in calibration.values() for row in rows), default=1) or 1
+    for index, (name, rows) in enumerate(calibration.items()):
+        filled = [row for row in rows if row["count"]]
+        figure.add_scatter(
+            x=[row["mean_predicted"] for row in filled],
+            y=[row["observed"] for row in filled],
+            customdata=[row["count"] for row in filled],
+            name=html.escape(name),
+            mode="lines+markers",
+            marker={"size": [6 + 14 * (row["count"] / largest) ** 0.5 for row in filled]},
+            line={"color": MODEL_PALETTE[index % len(MODEL_PALETTE)]},
+            hovertemplate=(
+                "predicted %{x:.1%}<br>observed %{y:.1%}<br>%{customdata} slices<extra></extra>"
+            ),
+        )
+    figure.update_layout(
+        xaxis={"title": "mean predicted probability", "range": [0, 1], "tickformat": ".0%"},
+        yaxis={"title": "observed frequency", "range": [0, 1.02], "tickformat": ".0%"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def confusion_matrices(
+    panels: dict[str, tuple[list[list[int]], list[str], list[str]]],
+) -> go.Figure:
+    """`confusion_matrix` for several models side by side, one panel per model:
+    model -> (counts, true class names (rows), predicted class names (columns))."""
+    from plotly.subplots import make_subplots
+
+    names = list(panels)
+    figure = make_subplots(
+        rows=1,
+        cols=max(1, len(names)),
+        subplot_titles=[html.escape(name) for name in names],
+        horizontal_spacing=0.12,
+    )
+    for column, name in enumerate(names, start=1):
+        matrix, true_names, predicted_names = panels[name]
+        figure.add_trace(
+            _count_heatmap(matrix, true_names, predicted_names),
+            row=1,
+            col=column,
+        )
+        figure.update_yaxes(autorange="reversed", row=1, col=column, showticklabels=column == 1)
+    rows = max((len(panel[1]) for panel in panels.values()), default=2)
+    figure.update_layout(height=150 + 60 * rows, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return figure
+
+
+def _with_diagonal(name: str) -> go.Figure:
+    """A new figure with the dotted y = x line a ROC curve or a reliability diagram is read
+    against."""
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[0, 1],
+        y=[0, 1],
+        name=name,
+        mode="lines",
+        line={"color": OTHER_COLOUR, "dash": "dot"},
+        hoverinfo="skip",
+    )
+    return figure

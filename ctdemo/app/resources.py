@@ -1,0 +1,270 @@
+"""Cached loaders shared by the pages: the one ctdemo module that knows Streamlit.
+
+Shipped models load once per server process (`st.cache_resource`); explanations are cached by
+what they depend on (model, slice, window, method, class), with a bound and a time-to-live so
+a public server's memory does not grow with its visitors. Models a visitor trains or uploads
+live in that visitor's session only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+from streamlit.runtime.scriptrunner import script_runner
+
+from ctdemo.app.catalog import shipped_cards
+from ctdemo.config import WEIGHTS_DIR
+from ctdemo.models.cards import ModelCard
+
+if TYPE_CHECKING:
+    import keras
+
+    from ctdemo.app.jobs import TrainingQueue
+    from ctdemo.evaluation.compare import Comparison
+    from ctdemo.evaluation.splits import SplitData, SplitSpec
+    from ctdemo.explain.ood import OODDetector
+    from ctdemo.io.folders import ArrayDataset
+    from ctdemo.models.uploaded import UploadedModelInfo
+
+
+def _close_matplotlib_figures() -> None:
+    """What Streamlit cleans after each script run, less `keras.backend.clear_session()`."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
+def keep_keras_state_between_runs() -> None:
+    """Stop Streamlit clearing Keras after every script run of every session.
+
+    Streamlit 1.67's `_clean_problem_modules` resets the default graph, empties TensorFlow's
+    kernel cache and collects garbage after each run, while a training runs in the queue's
+    thread: with two Train pages polling once a second and one visitor classifying, a 2-epoch
+    training sat at its first batch for over a minute (benchmarks/load.py); without the clear
+    it took 10 s. Our models live in st.cache_resource and session state, not in Keras's
+    global state, so there is nothing to clear. A private name: tests/test_script_runner.py
+    fails if Streamlit renames it."""
+    if hasattr(script_runner, "_clean_problem_modules"):  # looked up by name after each run
+        script_runner._clean_problem_modules = _close_matplotlib_figures
+
+
+SESSION_MODELS = "session_models"
+SHIPPED_PREFIX = "shipped:"
+OWN_PREFIX = "own:"
+TRAINED_PREFIX = "trained:"
+MAX_TRAINED_MODELS = 3
+OWNER = "owner_id"
+SPLIT_CACHE = "validation_split"
+SCREENING_MODEL = "cnn"
+THUMBNAIL_SIDE = 160
+OWN_MODEL_FILE = "own_model_file"
+EXPLANATION_BATCH = 20  # copies of a slice explained at once (SmoothGrad's samples)
+
+
+@dataclass
+class SessionModel:
+    """A model trained or uploaded in this browser session."""
+
+    label: str
+    model: keras.Model
+    card: ModelCard
+
+
+@st.cache_resource(show_spinner="Loading TensorFlow and the model (once per server)…")
+def shipped_model(name: str) -> tuple[keras.Model, ModelCard]:
+    from ctdemo.models.saving import load_model
+
+    return load_model(WEIGHTS_DIR / f"{name}.keras")
+
+
+@st.cache_resource(show_spinner=False)
+def ct_screen() -> tuple[keras.Model, OODDetector, int] | None:
+    """The shipped CNN's "is this a chest CT slice?" check, used whatever model classifies:
+    its features separate CT from other images, an MLP's do not (see `ctdemo.explain.ood`).
+    (feature extractor, detector, input size), or None when no detector ships."""
+    from ctdemo.explain.ood import feature_extractor, load_detector
+
+    if not (WEIGHTS_DIR / f"{SCREENING_MODEL}.keras").is_file():
+        return None
+    model, card = shipped_model(SCREENING_MODEL)
+    detector = load_detector(WEIGHTS_DIR / f"{SCREENING_MODEL}.keras", model)
+    if detector is None:
+        return None
+    return feature_extractor(model, detector.layer), detector, card.image_size
+
+
+@st.cache_data(show_spinner=False)
+def shipped_labels() -> dict[str, str]:
+    """Model key → label for the shipped models, from their cards (no TensorFlow)."""
+    labels = {}
+    for name, card in shipped_cards().items():
+        kind = card.architecture.get("kind", "?").upper()
+        labels[SHIPPED_PREFIX + name] = f"Shipped {kind} ({name}, {card.image_size} px)"
+    return labels
+
+
+def session_models() -> dict[str, SessionModel]:
+    return st.session_state.setdefault(SESSION_MODELS, {})
+
+
+def add_session_model(key: str, entry: SessionModel) -> None:
+    session_models()[key] = entry
+
+
+def model_labels() -> dict[str, str]:
+    """Every model this visitor can use: shipped ones first, then this session's."""
+    labels = dict(shipped_labels())
+    labels.update({key: entry.label for key, entry in session_models().items()})
+    return labels
+
+
+def get_model(key: str) -> tuple[keras.Model, ModelCard]:
+    if key.startswith(SHIPPED_PREFIX):
+        return shipped_model(key.removeprefix(SHIPPED_PREFIX))
+    entry = session_models()[key]
+    return entry.model, entry.card
+
+
+def read_own_model(data: bytes, filename: str) -> tuple[keras.Model, UploadedModelInfo]:
+    """An uploaded model, read once per session and file (reruns reuse it)."""
+    from ctdemo.models.uploaded import read_uploaded_model
+
+    file_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    held = st.session_state.get(OWN_MODEL_FILE)
+    if held is None or held[0] != file_digest:
+        st.session_state.pop(OWN_MODEL_FILE, None)  # one upload held at a time
+        st.session_state[OWN_MODEL_FILE] = (file_digest, *read_uploaded_model(data, filename))
+    _, model, info = st.session_state[OWN_MODEL_FILE]
+    return model, info
+
+
+def add_own_model(
+    model: keras.Model,
+    info: UploadedModelInfo,
+    class_names: list[str],
+    outputs: str,
+    positive_class: str | None,
+    input_range_0_255: bool,
+) -> str:
+    """Adapt an uploaded model and make it this session's one own model; returns its key."""
+    from ctdemo.models.uploaded import adapt_uploaded_model
+
+    adapted, card = adapt_uploaded_model(
+        model, info, class_names, outputs, positive_class, input_range_0_255, info.filename
+    )
+    models = session_models()
+    for key in [key for key in models if key.startswith(OWN_PREFIX)]:
+        del models[key]
+    key = OWN_PREFIX + st.session_state[OWN_MODEL_FILE][0][:12]
+    models[key] = SessionModel(f"Your model ({info.filename})", adapted, card)
+    return key
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thumbnail(path: str, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """A sample scan as an 8-bit square thumbnail (padded, not squashed): a tidy gallery."""
+    from ctdemo.io.slices import decode_slice, to_model_input
+
+    pixels = decode_slice(Path(path).read_bytes(), path).pixels
+    return np.round(to_model_input(pixels, side)[..., 0] * 255).astype(np.uint8)
+
+
+@st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
+def explanation(
+    model_key: str,
+    slice_digest: str,
+    window: tuple[float, float],
+    method: str,
+    class_index: int,
+    _model: keras.Model,
+    _image: np.ndarray,
+    batch_size: int = EXPLANATION_BATCH,
+) -> np.ndarray:
+    """Heatmap at the model's input size, computed `batch_size` copies of the slice at a time;
+    `_model` and `_image` are identified by the keys before them (the leading underscore tells
+    Streamlit not to hash them)."""
+    from ctdemo.explain.saliency import explain
+
+    return explain(_model, _image, method, class_index, batch_size)
+
+
+def owner_id() -> str:
+    """This browser session's id: it owns its trainings and uploads, and nobody else's."""
+    return st.session_state.setdefault(OWNER, uuid.uuid4().hex)
+
+
+@st.cache_resource(show_spinner=False)
+def training_queue() -> TrainingQueue:
+    """The one training queue of this server process (one training at a time)."""
+    from ctdemo.app.jobs import default_queue
+
+    return default_queue()
+
+
+@st.cache_resource(max_entries=6, ttl=3600, show_spinner="Decoding the slices (once per size)…")
+def training_arrays(root: str, size: int) -> ArrayDataset:
+    """A dataset's decoded slices at `size`, shared by every session (read-only), with a
+    bound on how many sizes and datasets one process holds."""
+    from ctdemo.io.folders import load_arrays
+
+    return load_arrays(Path(root), size)
+
+
+def add_trained_model(job_id: str, label: str, model: keras.Model, card: ModelCard) -> str:
+    """Put a model trained in this session in its model list (Classify, Compare); the oldest
+    trained ones go beyond MAX_TRAINED_MODELS. Returns its key."""
+    models = session_models()
+    key = TRAINED_PREFIX + job_id
+    models[key] = SessionModel(f"Trained: {label}", model, card)
+    trained = [existing for existing in models if existing.startswith(TRAINED_PREFIX)]
+    for old in trained[:-MAX_TRAINED_MODELS]:
+        del models[old]
+    return key
+
+
+def validation_split(dataset: ArrayDataset, spec: SplitSpec) -> SplitData:
+    """The split a training on `dataset` will use, kept for this session's last request."""
+    from ctdemo.app.jobs import validation_split as split_of
+
+    key = (id(dataset), spec)
+    held = st.session_state.get(SPLIT_CACHE)
+    if held is None or held[0] != key:
+        st.session_state[SPLIT_CACHE] = (key, split_of(dataset, spec))
+    return st.session_state[SPLIT_CACHE][1]
+
+
+@st.cache_data(max_entries=4, ttl=600, show_spinner="Packing the model…")
+def model_bundle(job_id: str, _model: keras.Model, _card: ModelCard) -> bytes:
+    """The trained model and its card as a zip, made once per run."""
+    from ctdemo.models.saving import model_bundle as bundle
+
+    return bundle(_model, _card)
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner="Evaluating the models on the same slices…")
+def comparison(
+    model_keys: tuple[str, ...], root: str, files: tuple[str, ...], _models: dict
+) -> Comparison:
+    """Every chosen model on the same slices, computed once per (models, slices): the keys
+    identify `_models` (not hashed)."""
+    from ctdemo.evaluation.compare import evaluate_models
+    from ctdemo.io.folders import scan_image_folder
+
+    folder = scan_image_folder(root)
+    keep = set(files)
+    chosen = [i for i, path in enumerate(folder.files) if folder.relative(path) in keep]
+    folder.files = [folder.files[i] for i in chosen]
+    folder.labels = folder.labels[chosen]
+    model_files = {  # shipped models are named by their file's stem on the page
+        key.removeprefix(SHIPPED_PREFIX): WEIGHTS_DIR / f"{key.removeprefix(SHIPPED_PREFIX)}.keras"
+        for key in model_keys
+        if key.startswith(SHIPPED_PREFIX)
+    }
+    return evaluate_models(_models, folder, model_files=model_files)
