@@ -95,6 +95,27 @@ def test_interval_to_dict():
     assert Interval(0.5, 0.1, 0.9).to_dict() == {"value": 0.5, "low": 0.1, "high": 0.9}
 
 
+def closed_form_wilson(successes: int, trials: int, z: float = 1.959963984540054):
+    """The textbook formula (the hand-written code scipy's `proportion_ci` replaced)."""
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@pytest.mark.parametrize("trials", [1, 2, 7, 60])
+def test_wilson_interval_equals_the_closed_form(trials):
+    for successes in range(trials + 1):
+        interval = wilson_interval(successes, trials)
+        low, high = closed_form_wilson(successes, trials)
+        assert interval.low == pytest.approx(low, abs=1e-12)
+        assert interval.high == pytest.approx(high, abs=1e-12)
+    wider = wilson_interval(3, 7, z=2.5758293035489)  # 99%
+    low, high = closed_form_wilson(3, 7, z=2.5758293035489)
+    assert (wider.low, wider.high) == (pytest.approx(low), pytest.approx(high))
+
+
 # ---------------------------------------------------------------------------- ROC
 
 
@@ -225,6 +246,17 @@ def test_mcnemar_hand_case_with_comb():
     assert p == pytest.approx(expected)
     assert p == pytest.approx(0.109375)
     assert mcnemar_exact(b, a) == (8, 2, pytest.approx(expected))
+
+
+def test_mcnemar_equals_the_exact_binomial_sum():
+    for only_a in range(0, 13):
+        for only_b in range(0, 13):
+            a = np.r_[np.ones(only_a), np.zeros(only_b), np.ones(4)].astype(bool)
+            b = np.r_[np.zeros(only_a), np.ones(only_b), np.ones(4)].astype(bool)
+            n = only_a + only_b
+            tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+            expected = min(1.0, 2 * tail / 2**n) if n else 1.0
+            assert mcnemar_exact(a, b) == (only_a, only_b, pytest.approx(expected, rel=1e-12))
 
 
 # ---------------------------------------------------------------------------- bootstrap
@@ -364,3 +396,34 @@ def test_group_bootstrap_of_one_patient_per_slice_matches_slice_bootstrap():
     b = group_bootstrap_interval(roc_auc, y_true, y_score, groups, repeats=300, seed=4)
     assert a.value == b.value
     assert abs((a.high - a.low) - (b.high - b.low)) < 0.05
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: roc_auc([0, 1, 1], [0.1, 0.2]), r"one length, got \(3,\) and \(2,\)"),
+        (lambda: roc_curve([[0, 1]], [[0.1, 0.2]]), "must be 1-D"),
+        (lambda: f1_score([0, 1], [1]), "one length"),
+        (lambda: mcnemar_exact([1, 0, 1], [1, 0]), "one length"),
+        (lambda: confusion_matrix([0, 1], [0], 2), "one length"),
+        (lambda: roc_auc([0, 2, 1], [0.1, 0.2, 0.3]), "0 and 1 only"),
+        (lambda: f1_score([0, 1, 3], [0, 1, 1]), "0 and 1 only"),
+        (lambda: roc_curve([0, 1], [0.1, np.nan]), "not finite"),
+        (lambda: confusion_matrix([0, 3], [0, 1], 3), "y_true holds labels outside 0..2"),
+        (lambda: confusion_matrix([0, 1], [0, -1], 2), "y_pred holds labels outside"),
+        (lambda: wilson_interval(11, 10), "0 <= successes <= trials"),
+        (lambda: wilson_interval(-1, 10), "0 <= successes <= trials"),
+    ],
+)
+def test_inputs_are_checked_on_entry_with_the_shapes(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_labels_may_be_bool_or_int():
+    assert roc_auc(Y.astype(bool), S) == roc_auc(Y, S) == pytest.approx(13 / 16)
+    assert f1_score(Y.astype(bool), S >= 0.5) == pytest.approx(0.75)
+    assert confusion_matrix(Y.astype(bool), S >= 0.5, 2).tolist() == [[3, 1], [1, 3]]

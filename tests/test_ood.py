@@ -145,6 +145,31 @@ def test_ledoit_wolf_shrinks_the_sample_covariance_toward_a_scaled_identity():
     assert single_shrinkage == 0 and single[0, 0] == pytest.approx(np.var(features[:, 0]))
 
 
+def test_ledoit_wolf_matches_scikit_learn():
+    # Oracle: sklearn.covariance.LedoitWolf().fit(features) in scikit-learn 1.9.1 (shrinkage_,
+    # covariance_ and precision_), which this project does not install.
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(30, 6)) @ rng.normal(size=(6, 6)) + 3.0
+    covariance, shrinkage = ledoit_wolf(features)
+    assert shrinkage == pytest.approx(0.23674578787907558, rel=1e-12)
+    np.testing.assert_allclose(
+        np.diag(covariance),
+        [
+            5.194588124715351,
+            3.8241138396445162,
+            3.106950779239138,
+            4.472858374600549,
+            4.046686632286973,
+            2.4999067196495,
+        ],
+        rtol=1e-12,
+    )
+    assert covariance[0, 1] == pytest.approx(1.8769847646402023, rel=1e-12)
+    precision = OODDetector.fit(features, features[:3]).precision
+    assert precision[0, 0] == pytest.approx(0.30868009593277784, rel=1e-10)
+    assert precision[2, 5] == pytest.approx(-0.017250196291095053, rel=1e-10)
+
+
 def test_ledoit_wolf_is_invertible_with_fewer_slices_than_features_and_sane_with_many():
     rng = np.random.default_rng(1)
     few = rng.normal(size=(5, 20))  # the sample covariance has rank 4

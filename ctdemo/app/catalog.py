@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctdemo.config import WEIGHTS_DIR
-from ctdemo.evaluation.metrics import shown
+from ctdemo.evaluation.numbers import shown
 from ctdemo.models.cards import ModelCard, shipped_cards
 
 

@@ -12,13 +12,14 @@ those of the TRAINING slices,
     distance(f) = sqrt((f - mean)^T  precision  (f - mean)),
 
 where `mean` is the training slices' mean activation and `precision` the inverse of their
-covariance, shrunk toward a multiple of the identity by the Ledoit-Wolf formula (numpy only;
-see `ledoit_wolf`), so 64 to 128 correlated features estimated from ~1,600 slices still give a
-stable inverse. The threshold is set on the VALIDATION slices (unseen patients, who sit further
-out than the training slices the model was fitted to): their 99.5th percentile times a margin of
-1.25. Measured on the shipped CNN, held-out halves of the validation patients then pass 99.98%
-of the time on average (the 99.5th percentile alone: 98.9%), and the nearest generated non-CT
-image (a smooth colour gradient, seen in grey) is still 1.5 times the threshold away.
+covariance, shrunk toward a multiple of the identity by the Ledoit-Wolf formula (scikit-learn's,
+in numpy: see `ledoit_wolf`), so 64 to 128 correlated features estimated from ~1,600 slices
+still give a stable inverse. The threshold is set on the VALIDATION slices (unseen patients, who
+sit further out than the training slices the model was fitted to): their 99.5th percentile times
+a margin of 1.25. Measured on the shipped CNN, held-out halves of the validation patients then
+pass 99.98% of the time on average (the 99.5th percentile alone: 98.9%), and the nearest
+generated non-CT image (a smooth colour gradient, seen in grey) is still 1.5 times the threshold
+away.
 
 The layer: a CNN's "features" layer (global average pooling of the last convolution, 128
 channel means in the shipped CNN), not the input of the logits layer. The dense head in between
@@ -169,8 +170,10 @@ def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, float]:
 
     (1 - a) S + a mu I, with S the sample covariance (divided by n), mu = trace(S) / d, and
     the a that minimises the expected squared error (Ledoit and Wolf 2004, "A well-conditioned
-    estimator for large-dimensional covariance matrices"; the formula of scikit-learn's
-    `ledoit_wolf`, which this project does not depend on)."""
+    estimator for large-dimensional covariance matrices"). It is the formula of scikit-learn's
+    `LedoitWolf` and agrees with it (tests/test_ood.py); scikit-learn is not a dependency
+    because importing it costs the server about 15 MB beside TensorFlow and 145 MB before
+    (benchmarks/sklearn_memory.py) for these few lines."""
     x = np.asarray(features, dtype=np.float64)
     n, d = x.shape
     if n < 2:
