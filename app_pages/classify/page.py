@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
+from app_pages.classify import trust_panel
 from ctdemo.app import classify, resources, samples
 from ctdemo.app.charts import probability_bars
 from ctdemo.app.text import plain
-from ctdemo.explain.methods import METHOD_LABELS, ExplanationError, to_slice_geometry
-from ctdemo.explain.overlay import COLOUR_MAPS, blend, colourise, png_bytes
+from ctdemo.explain.methods import METHOD_LABELS, ExplanationError
+from ctdemo.explain.overlay import COLOUR_MAPS, blend, colourise, outline, png_bytes
 from ctdemo.io.slices import LUNG_WINDOW, MEDIASTINUM_WINDOW, Window, is_dicom
 from ctdemo.models.cards import ModelLoadError
 
@@ -156,27 +156,6 @@ def show_prediction(result: classify.SliceResult, card) -> None:
     st.caption(f"{classify.accuracy_statement(card)} Not for diagnosis.")
 
 
-def heatmap_on_slice(
-    result: classify.SliceResult, model_key: str, window: Window, method: str, class_index: int
-) -> np.ndarray:
-    """The (cached) explanation of one slice, mapped onto the slice's own shape;
-    `ExplanationError` when the method cannot explain this model."""
-    from ctdemo.models.inference import model_input, slices_per_batch
-
-    model, card = resources.get_model(model_key)
-    heatmap = resources.explanation(
-        model_key,
-        result.digest,
-        (window.width, window.level),
-        method,
-        class_index,
-        model,
-        model_input(result.pixels, card),
-        batch_size=slices_per_batch(card),
-    )
-    return to_slice_geometry(heatmap, result.pixels.shape)
-
-
 def heatmap_gallery(results: list[classify.SliceResult], model_key: str, window: Window) -> None:
     """Every slice of a batch with the chosen explanation of its predicted class."""
     _, card = resources.get_model(model_key)
@@ -189,9 +168,10 @@ def heatmap_gallery(results: list[classify.SliceResult], model_key: str, window:
     with st.spinner(f"Computing {METHOD_LABELS[method]} for {len(shown)} slices…"):
         for index, result in enumerate(shown[: classify.MAX_GALLERY]):
             predicted = result.predicted_class
-            on_slice = heatmap_on_slice(
+            key = trust_panel.explained(
                 result, model_key, window, method, card.class_names.index(predicted)
             )
+            on_slice = trust_panel.heatmap_on_slice(result, key)
             columns[index % 4].image(
                 blend(result.pixels, on_slice, alpha, st.session_state["cmap"]),
                 caption=f"{plain(result.name)}: {plain(predicted)} "
@@ -247,7 +227,7 @@ def show_explanation(result: classify.SliceResult, model_key: str, window: Windo
     method = columns[0].selectbox(
         "Explanation", methods, format_func=METHOD_LABELS.__getitem__, key="method"
     )
-    explained = columns[1].selectbox(
+    class_name = columns[1].selectbox(
         "Why this class",
         card.class_names,
         key="explain_class",
@@ -255,21 +235,30 @@ def show_explanation(result: classify.SliceResult, model_key: str, window: Windo
     )
     colour_map = columns[2].selectbox("Colour map", list(COLOUR_MAPS), key="cmap")
     alpha = columns[3].slider("Opacity", 0, 100, 45, 5, format="%d%%", key="alpha") / 100
+    choices = st.columns([3, 1], vertical_alignment="bottom")
+    with choices[0]:
+        layer = trust_panel.layer_choice(model, method)
+    show_lungs = choices[1].toggle("Lung outline", value=True, key="lung_outline")
+    key = trust_panel.explained(
+        result, model_key, window, method, card.class_names.index(class_name), layer
+    )
     try:
-        with st.spinner(f"Computing {METHOD_LABELS[method]}…"):
-            on_slice = heatmap_on_slice(
-                result, model_key, window, method, card.class_names.index(explained)
-            )
+        with st.spinner(f"Computing {METHOD_LABELS[method]} and how far to trust it…"):
+            report = trust_panel.report(result, key)
     except ExplanationError as error:
         st.error(plain(error))
         return False
-    overlay = blend(result.pixels, on_slice, alpha, colour_map)
+    overlay = blend(result.pixels, report.on_slice, alpha, colour_map)
+    if show_lungs and report.lungs.ok:
+        overlay = outline(overlay, report.lungs.mask)
     note = classify.explanation_note(card)
     if note:
         st.caption(note)
     images = st.columns(3)
     images[0].image(result.pixels, caption="Scan", clamp=True, width="stretch")
-    images[1].image(colourise(on_slice, colour_map), caption=METHOD_LABELS[method], width="stretch")
+    images[1].image(
+        colourise(report.on_slice, colour_map), caption=METHOD_LABELS[method], width="stretch"
+    )
     images[2].image(overlay, caption=f"Overlay ({alpha:.0%})", width="stretch")
     st.download_button(
         "Download the overlay (PNG)",
@@ -278,6 +267,8 @@ def show_explanation(result: classify.SliceResult, model_key: str, window: Windo
         mime="image/png",
         key="download_overlay",
     )
+    trust_panel.trust_panel(report, class_name)
+    trust_panel.sanity_panel(result, key, colour_map, alpha)
     return True
 
 

@@ -12,6 +12,7 @@ import html
 import plotly.graph_objects as go
 
 from ctdemo.app.classify import format_probability
+from ctdemo.explain.faithfulness import DeletionCurve
 
 PREDICTED_COLOUR = "#d62728"
 OTHER_COLOUR = "#9aa5b1"
@@ -244,5 +245,73 @@ def _with_diagonal(name: str) -> go.Figure:
         mode="lines",
         line={"color": OTHER_COLOUR, "dash": "dot"},
         hoverinfo="skip",
+    )
+    return figure
+
+
+HEAT_ORDER_COLOUR = "#d62728"
+
+
+def deletion_chart(curve: DeletionCurve, class_name: str) -> go.Figure:
+    """The class probability as pixels are deleted, most-heated first (solid) against a random
+    order (dashed): the sooner the solid line falls below the dashed one, the more faithful."""
+    shares = [float(share) for share in curve.fractions]
+    figure = go.Figure()
+    for values, name, colour, dash in (
+        (curve.heat_order, "most-heated pixels first", HEAT_ORDER_COLOUR, "solid"),
+        (curve.random_order, "pixels in random order", OTHER_COLOUR, "dash"),
+    ):
+        figure.add_scatter(
+            x=shares,
+            y=[float(value) for value in values],
+            name=name,
+            mode="lines+markers",
+            line={"color": colour, "dash": dash},
+            marker={"size": 5},
+            hovertemplate="%{x:.0%} deleted: %{y:.1%}<extra>" + name + "</extra>",
+        )
+    figure.update_layout(
+        xaxis={
+            "title": "share of pixels deleted",
+            "range": [0, 1],
+            "tickvals": [0, 0.25, 0.5, 0.75, 1],
+            "tickformat": ".0%",
+        },
+        yaxis={
+            "title": f"probability of {html.escape(class_name)}",
+            "range": [0, 1.02],
+            "tickformat": ".0%",
+        },
+        height=340,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"},
+    )
+    return figure
+
+
+def sanity_chart(layers: list[str], correlations: list[float], unchanged_above: float) -> go.Figure:
+    """Rank correlation with the trained model's map as layers are randomised from the output
+    down; above the dotted line the map has barely changed."""
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[html.escape(layer) for layer in layers],
+        y=correlations,
+        mode="lines+markers",
+        line={"color": HEAT_ORDER_COLOUR},
+        hovertemplate="randomised down to %{x}: r = %{y:.2f}<extra></extra>",
+    )
+    figure.add_hline(
+        y=unchanged_above,
+        line_dash="dot",
+        line_color=OTHER_COLOUR,
+        annotation_text="barely changed above",
+        annotation_position="top left",
+    )
+    figure.update_layout(
+        xaxis={"title": "randomised from the output down to"},
+        yaxis={"title": "rank correlation", "range": [-1, 1.05]},
+        height=280,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        showlegend=False,
     )
     return figure

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from ctdemo.app.jobs import TrainingQueue
     from ctdemo.evaluation.compare import Comparison
     from ctdemo.evaluation.splits import SplitData, SplitSpec
+    from ctdemo.explain.faithfulness import DeletionCurve
+    from ctdemo.explain.lungs import LungMask
     from ctdemo.explain.ood import OODDetector
+    from ctdemo.explain.sanity import RandomisationStep
     from ctdemo.io.folders import ArrayDataset
     from ctdemo.models.uploaded import UploadedModelInfo
 
@@ -186,13 +189,65 @@ def explanation(
     _model: keras.Model,
     _image: np.ndarray,
     batch_size: int = EXPLANATION_BATCH,
+    layer: str | None = None,
 ) -> np.ndarray:
-    """Heatmap at the model's input size, computed `batch_size` copies of the slice at a time;
-    `_model` and `_image` are identified by the keys before them (the leading underscore tells
-    Streamlit not to hash them)."""
+    """Heatmap at the model's input size, computed `batch_size` copies of the slice at a time,
+    of `layer` (the last convolution when None); `_model` and `_image` are identified by the
+    keys before them (the leading underscore tells Streamlit not to hash them)."""
     from ctdemo.explain.saliency import explain
 
-    return explain(_model, _image, method, class_index, batch_size)
+    return explain(_model, _image, method, class_index, batch_size, layer)
+
+
+@st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
+def lung_mask(slice_digest: str, window: tuple[float, float], _pixels: np.ndarray) -> LungMask:
+    """The lungs of one decoded slice (10-30 ms), identified by its digest and window; few
+    entries, since a mask is as large as its slice."""
+    from ctdemo.explain.lungs import segment_lungs
+
+    return segment_lungs(_pixels)
+
+
+@st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
+def deletion(
+    model_key: str,
+    slice_digest: str,
+    window: tuple[float, float],
+    method: str,
+    class_index: int,
+    layer: str | None,
+    _model: keras.Model,
+    _image: np.ndarray,
+    _heatmap: np.ndarray,
+    batch_size: int = EXPLANATION_BATCH,
+) -> DeletionCurve:
+    """The deletion curve of one explanation, keyed like `explanation`: 42 copies of the
+    slice through the model, `batch_size` at a time, and 42 numbers kept."""
+    from ctdemo.explain.faithfulness import deletion_curve
+    from ctdemo.models.inference import probabilities
+
+    return deletion_curve(
+        lambda batch: probabilities(_model, batch, batch_size)[:, class_index], _image, _heatmap
+    )
+
+
+@st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
+def sanity_check(
+    model_key: str,
+    slice_digest: str,
+    window: tuple[float, float],
+    method: str,
+    class_index: int,
+    layer: str | None,
+    _model: keras.Model,
+    _image: np.ndarray,
+) -> list[RandomisationStep]:
+    """Cascading randomisation of a clone of the model on one slice (one explanation per
+    weighted layer: about a second for Grad-CAM on the shipped CNN), kept per key; `layer` is
+    the convolution explained (None: the last)."""
+    from ctdemo.explain.sanity import cascading_randomisation
+
+    return cascading_randomisation(_model, _image, method, class_index, layer=layer)
 
 
 def owner_id() -> str:

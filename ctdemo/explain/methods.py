@@ -9,15 +9,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
 METHODS = (*CAM_METHODS, "saliency")
 METHOD_LABELS = {
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
     "scorecam": "Score-CAM",
+    "layercam": "Layer-CAM",
     "saliency": "SmoothGrad saliency",
 }
-GRADIENT_METHODS = ("gradcam", "gradcam++", "saliency")
+GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam", "saliency")
 
 
 class ExplanationError(ValueError):
@@ -32,3 +33,8 @@ def to_slice_geometry(heatmap: np.ndarray, slice_shape: tuple[int, int]) -> np.n
     square = cv2.resize(heatmap, (side, side), interpolation=cv2.INTER_LINEAR)
     top, left = (side - height) // 2, (side - width) // 2
     return np.clip(square[top : top + height, left : left + width], 0.0, 1.0)
+
+
+def grid_label(side: int) -> str:
+    """How coarse a class-activation map is: one value per cell of its layer's grid."""
+    return f"{side}×{side} cells"

@@ -1,4 +1,4 @@
-"""Heatmaps drawn over slices: colour maps, blending, PNG bytes for download."""
+"""Heatmaps drawn over slices: colour maps, blending, the lung outline, PNG bytes for download."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ import numpy as np
 from PIL import Image
 
 COLOUR_MAPS = {
-    "jet": cv2.COLORMAP_JET,
-    "turbo": cv2.COLORMAP_TURBO,
-    "inferno": cv2.COLORMAP_INFERNO,
     "viridis": cv2.COLORMAP_VIRIDIS,
+    "cividis": cv2.COLORMAP_CIVIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "turbo": cv2.COLORMAP_TURBO,
+    "jet": cv2.COLORMAP_JET,
 }
-"""Named OpenCV colour maps; jet is what most Grad-CAM figures use, viridis reads in grey."""
+"""Named OpenCV colour maps, the default first. Viridis, cividis and inferno are perceptually
+uniform (equal steps of heat look equally different) and read with colour-blindness and in
+grey; jet, what most Grad-CAM figures use, invents bands at cyan and yellow."""
+DEFAULT_COLOUR_MAP = next(iter(COLOUR_MAPS))
+OUTLINE_COLOUR = (255, 64, 255)
+"""Magenta, in none of the uniform maps, drawn on a black edge so it reads on grey and colour."""
 
 
 def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -23,7 +29,7 @@ def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., np.newaxis], 3, axis=-1)
 
 
-def colourise(heatmap: np.ndarray, colour_map: str = "jet") -> np.ndarray:
+def colourise(heatmap: np.ndarray, colour_map: str = DEFAULT_COLOUR_MAP) -> np.ndarray:
     """A heatmap in [0, 1] as an 8-bit RGB image in the named colour map."""
     if colour_map not in COLOUR_MAPS:
         raise ValueError(
@@ -35,7 +41,7 @@ def colourise(heatmap: np.ndarray, colour_map: str = "jet") -> np.ndarray:
 
 
 def blend(
-    pixels: np.ndarray, heatmap: np.ndarray, alpha: float, colour_map: str = "jet"
+    pixels: np.ndarray, heatmap: np.ndarray, alpha: float, colour_map: str = DEFAULT_COLOUR_MAP
 ) -> np.ndarray:
     """The slice with the coloured heatmap laid over it at opacity `alpha` (0 = slice only).
 
@@ -46,6 +52,21 @@ def blend(
     alpha = float(np.clip(alpha, 0.0, 1.0))
     mixed = (1 - alpha) * grey_to_rgb(pixels) + alpha * colourise(heatmap, colour_map)
     return np.round(mixed).astype(np.uint8)
+
+
+def outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """An RGB image with the outline of `mask` (same height and width) drawn over it: a
+    magenta line on a black edge, about 2 px wide on a 512-pixel slice."""
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"Mask shape {mask.shape} differs from the image's {image.shape[:2]}.")
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    width = max(1, round(min(mask.shape) / 256))
+    drawn = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    cv2.drawContours(drawn, contours, -1, (0, 0, 0), 2 * width + 1, lineType=cv2.LINE_AA)
+    cv2.drawContours(drawn, contours, -1, OUTLINE_COLOUR, width, lineType=cv2.LINE_AA)
+    return drawn
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -1,8 +1,10 @@
-"""Where a model looks: Grad-CAM, Grad-CAM++, Score-CAM and SmoothGrad saliency.
+"""Where a model looks: Grad-CAM, Grad-CAM++, Score-CAM, Layer-CAM and SmoothGrad saliency.
 
 One call shape for every method, through tf-keras-vis: `explain(model, image, method)`
-returns a heatmap in [0, 1] at the model's input size. Our models output logits, so the score
-is the pre-activation output of the chosen class and no model modifier (no clone) is needed.
+returns a heatmap in [0, 1] at the model's input size. Class-activation maps read the last
+convolution unless `layer` names an earlier, finer one (`cam_layers` lists the choices). Our
+models output logits, so the score is the pre-activation output of the chosen class and no
+model modifier (no clone) is needed.
 `to_slice_geometry` maps a heatmap back onto the original slice (undoing the square padding),
 so an overlay is never squashed.
 """
@@ -16,6 +18,7 @@ import keras
 import numpy as np
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.layercam import Layercam
 from tf_keras_vis.saliency import Saliency
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
@@ -41,6 +44,26 @@ def last_conv_layer(model: keras.Model) -> str | None:
     return convolutions[-1] if convolutions else None
 
 
+def cam_layers(model: keras.Model) -> dict[str, int]:
+    """Layers a class-activation map can read, name → grid side: the last convolution first,
+    then the last convolution of each finer grid. An ensemble offers its last layer only: an
+    earlier layer belongs to one member, so its map would not be the ensemble's."""
+    last = last_conv_layer(model)
+    if last is None:
+        return {}
+    layers = {last: _grid_side(model.get_layer(last))}
+    if not isinstance(model.get_layer(last), keras.layers.Conv2D):
+        return layers
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.layers.Conv2D) and _grid_side(layer) not in layers.values():
+            layers[layer.name] = _grid_side(layer)
+    return layers
+
+
+def _grid_side(layer: keras.layers.Layer) -> int:
+    return int(layer.output.shape[1])
+
+
 def available_methods(model: keras.Model) -> tuple[str, ...]:
     """Class-activation maps need a convolution; every model has a saliency map."""
     return METHODS if last_conv_layer(model) else ("saliency",)
@@ -52,11 +75,13 @@ def explain(
     method: str,
     class_index: int,
     batch_size: int = SMOOTHGRAD_SAMPLES,
+    layer: str | None = None,
 ) -> np.ndarray:
     """Heatmap in [0, 1], shape (size, size), of why `model` scores `class_index` on `image`
     (one model input, (size, size, channels)). `batch_size` bounds the copies of the image
-    (SmoothGrad's noisy ones, Score-CAM's masked ones) run at once. `ExplanationError` when the
-    model's gradients do not reach where a gradient method looks."""
+    (SmoothGrad's noisy ones, Score-CAM's masked ones) run at once; `layer` is the one a
+    class-activation map reads (one of `cam_layers`, the last convolution by default).
+    `ExplanationError` when the model's gradients do not reach where a gradient method looks."""
     if method not in available_methods(model):
         raise ValueError(
             f"{METHOD_LABELS.get(method, method)} needs a convolutional layer; "
@@ -69,21 +94,28 @@ def explain(
         return _unit_range(_smoothgrad(saliency, batch, class_index, batch_size)[0])
     # The named layer as it is: tf-keras-vis would otherwise seek back to a Conv2D, and an
     # ensemble's `last_conv` (all members' maps side by side) would shrink to one member's.
-    name = last_conv_layer(model)
-    layer = {"penultimate_layer": name, "seek_penultimate_conv_layer": False}
+    name = layer or last_conv_layer(model)
+    if name not in cam_layers(model):
+        raise ValueError(
+            f"A class-activation map here reads one of {', '.join(cam_layers(model))}."
+        )
+    target = {"penultimate_layer": name, "seek_penultimate_conv_layer": False}
     if method == "scorecam":
         channels = int(model.get_layer(name).output.shape[-1])
         with _quiet_predict():  # Score-CAM calls model.predict, which draws progress bars
             heatmap = Scorecam(model, clone=False)(
-                score, batch, max_N=min(SCORECAM_MAX_N, channels), batch_size=batch_size, **layer
+                score, batch, max_N=min(SCORECAM_MAX_N, channels), batch_size=batch_size, **target
             )
+    elif method == "layercam":  # Layer-CAM keeps only positive gradients, pixel by pixel
+        checks = _checked_gradients(method, f"layer {name!r}", then=keras.ops.relu)
+        heatmap = Layercam(model, clone=False)(score, batch, **target, **checks)
     else:
         checks = _checked_gradients(method, f"layer {name!r}")
         try:
             visualiser = Gradcam if method == "gradcam" else GradcamPlusPlus
-            heatmap = visualiser(model, clone=False)(score, batch, **layer, **checks)
+            heatmap = visualiser(model, clone=False)(score, batch, **target, **checks)
         except AttributeError:  # Grad-CAM++ reads missing gradients before any modifier
-            Gradcam(model, clone=False)(score, batch, **layer, **checks)  # says why, if it can
+            Gradcam(model, clone=False)(score, batch, **target, **checks)  # says why, if it can
             raise
     return _unit_range(np.asarray(heatmap[0], dtype=np.float32))
 

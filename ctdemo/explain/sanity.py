@@ -35,18 +35,25 @@ class RandomisationStep:
 
 
 def cascading_randomisation(
-    model: keras.Model, image: np.ndarray, method: str, class_index: int, seed: int = 0
+    model: keras.Model,
+    image: np.ndarray,
+    method: str,
+    class_index: int,
+    seed: int = 0,
+    layer: str | None = None,
 ) -> list[RandomisationStep]:
-    """One step per layer with weights, from the output down to the input."""
-    trained = explain(model, image, method, class_index)
+    """One step per layer with weights, from the output down to the input; `layer` is the
+    convolution a class-activation map explains (default: the last)."""
+    trained = explain(model, image, method, class_index, layer=layer)
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     steps = []
-    weighted = [layer for layer in _leaf_layers(copy) if layer.weights]
-    for offset, layer in enumerate(reversed(weighted)):
-        _reinitialise(layer, seed + offset)
-        heatmap = explain(copy, image, method, class_index)
-        steps.append(RandomisationStep(layer.name, rank_correlation(trained, heatmap), heatmap))
+    weighted = [leaf for leaf in _leaf_layers(copy) if leaf.weights]
+    for offset, randomised in enumerate(reversed(weighted)):
+        _reinitialise(randomised, seed + offset)
+        heatmap = explain(copy, image, method, class_index, layer=layer)
+        correlation = rank_correlation(trained, heatmap)
+        steps.append(RandomisationStep(randomised.name, correlation, heatmap))
     return steps
 
 
