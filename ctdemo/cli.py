@@ -1,4 +1,4 @@
-"""`python -m ctdemo train | evaluate | predict | download | build-demo`.
+"""`python -m ctdemo train | evaluate | predict | explain | download | build-demo`.
 
 Exit codes: 0 success, 1 an error (one line on stderr, never a traceback), 2 a usage error
 (one line too: every number is checked against its range before anything runs).
@@ -13,17 +13,21 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from ctdemo.explain.methods import METHODS
+
 if TYPE_CHECKING:  # TensorFlow loads for the commands that need it, not for --help
     from ctdemo.app.train_settings import CostLimits
+    from ctdemo.explain.files import ExplainedFile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
 
-TENSORFLOW_COMMANDS = ("train", "evaluate", "predict")
+TENSORFLOW_COMMANDS = ("train", "evaluate", "predict", "explain")
 PRESET_NAMES = ("mlp", "cnn", "cnn-large", "seed-1-mlp", "seed-2-cnn")
 MAX_MEMBERS = 8  # an ensemble's training time and memory grow with its members
 MACHINE_MEMORY_SHARE = 0.75
@@ -167,6 +171,20 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+", help="image or DICOM files")
     predict.add_argument("--json", action="store_true", help="print one JSON list")
 
+    explain = commands.add_parser(
+        "explain", help="heatmaps of image or DICOM files, with how far to trust each"
+    )
+    explain.add_argument("--model", type=Path, required=True, help="a .keras file with its card")
+    explain.add_argument("files", nargs="+", help="image or DICOM files")
+    explain.add_argument(
+        "--method",
+        choices=METHODS,
+        help="explanation method (default: Grad-CAM, or saliency for a model without convolutions)",
+    )
+    explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created)")
+    explain.add_argument("--overwrite", action="store_true", help="replace PNGs already there")
+    explain.add_argument("--json", action="store_true", help="print one JSON list")
+
     download = commands.add_parser("download", help="download the full public dataset")
     download.add_argument("--url", help="archive URL (http, https or file)")
     download.add_argument("--dest", type=Path, help="destination folder")
@@ -189,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "evaluate": _evaluate,
         "predict": _predict,
+        "explain": _explain,
         "download": _download,
         "build-demo": _build_demo,
     }
@@ -301,7 +320,7 @@ def _command_line() -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ctdemo.evaluation.metrics import shown
+    from ctdemo.evaluation.numbers import shown
     from ctdemo.io.folders import load_arrays
     from ctdemo.models.experiment import evaluate
     from ctdemo.models.saving import load_model
@@ -352,6 +371,40 @@ def _predict(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from ctdemo.explain.files import explain_files
+    from ctdemo.models.saving import load_model
+
+    model, card = load_model(args.model)
+    with warnings.catch_warnings():  # Score-CAM's batches trip a Keras input-structure warning
+        warnings.filterwarnings("ignore", "The structure of `inputs`", UserWarning)
+        records = explain_files(model, card, args.files, args.out, args.method, args.overwrite)
+    if args.json:
+        print(json.dumps([record.to_dict() for record in records], allow_nan=False))
+    else:
+        for record in records:
+            print(_explained_line(record))
+    failed = sum(record.error is not None for record in records)
+    if failed:
+        print(f"error: {failed} of {len(records)} files could not be explained", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _explained_line(record: ExplainedFile) -> str:
+    """One file's verdict and the numbers that say how far to trust its heatmap."""
+    if record.error is not None:
+        return f"{record.file}: error: {record.error}"
+    if record.lung_share is None:
+        lungs = "lungs not found"
+    else:
+        lungs = f"heat inside the lungs {record.lung_share:.0%} (lungs {record.lung_area:.0%})"
+    return (
+        f"{record.file}: {record.predicted_class}, {record.method}, {lungs}, "
+        f"deletion score {record.faithfulness:+.2f}"
+    )
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, make_image_folder
 
 pytestmark = pytest.mark.slow
-COMMANDS = ("train", "evaluate", "predict", "download", "build-demo")
+COMMANDS = ("train", "evaluate", "predict", "explain", "download", "build-demo")
 
 
 def run_cli(*args: str, home=None) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ from ctdemo.app.jobs import (
     CANCELLED,
     DONE,
     FAILED,
+    LUNG_HEAT_SLICES,
     QUEUED,
     RUNNING,
     STOPPED,
@@ -30,9 +31,11 @@ from ctdemo.app.jobs import (
     validation_split,
 )
 from ctdemo.evaluation.splits import SplitSpec
-from ctdemo.io.folders import load_arrays
+from ctdemo.io.folders import ArrayDataset, load_arrays
 from ctdemo.models import experiment
 from ctdemo.models.specs import Architecture, TrainConfig
+
+from conftest import make_image_folder
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -183,7 +186,63 @@ def test_the_attention_timeline_has_one_frame_per_epoch(queue, data):
     for frame in snapshot.frames:
         assert frame.heatmap.dtype == np.uint8 and frame.heatmap.shape == (24, 24)
         assert not frame.heatmap.flags.writeable
+        assert 0.0 <= frame.lung_share <= 1.0
     assert len(job.attention_seconds) == 3
+    assert 0.05 < snapshot.attention_lung_area < 0.6  # the generated slices' two dark ellipses
+
+
+@pytest.mark.slow
+def test_a_cnn_run_ends_with_the_validation_heat_inside_the_lungs(queue, data):
+    validation = validation_split(data, SPEC).val
+    job = queue.submit("alice", data, config(TINY_CNN, epochs=1), SPEC)
+    assert job.wait(WAIT)
+    heat = job.snapshot().lung_heat
+    assert heat is not None and heat.validation_slices == len(validation)
+    assert 0 < heat.share.n <= min(len(validation), LUNG_HEAT_SLICES)
+    assert 0.0 <= heat.share.low <= heat.share.mean <= heat.share.high <= 1.0
+    assert 0.05 < heat.lung_area < 0.6
+    assert f"{heat.share.mean:.0%} of the final model's Grad-CAM heat" in heat.sentence()
+    assert "blind to anatomy" in heat.sentence()
+    assert job.lung_heat_seconds > 0
+
+
+def test_the_final_lung_heat_spreads_over_at_most_its_slices_with_lungs(tmp_path, monkeypatch):
+    from ctdemo.app import jobs
+
+    lungs = load_arrays(make_image_folder(tmp_path / "many", per_class=75), 24).x
+    x = np.concatenate([lungs, np.zeros((10, *lungs.shape[1:]), dtype=np.float32)])
+    y = np.zeros(len(x), dtype=np.int32)
+    validation = ArrayDataset(x, y, ["COVID", "non-COVID"], [str(i) for i in y], [], "test")
+    explained = []
+
+    def uniform_maps(model, images, labels):
+        assert len(images) <= 16
+        explained.extend(images)
+        return np.ones(images.shape[:3], dtype=np.float32)
+
+    monkeypatch.setattr(jobs, "gradcam_batch", uniform_maps)
+    heat = jobs._lung_heat(FakeModel(), validation, batch_size=16)
+    assert len(explained) == heat.share.n and 50 <= heat.share.n <= LUNG_HEAT_SLICES
+    assert not any((image == 0).all() for image in explained), "a slice without lungs was read"
+    assert heat.share.mean == pytest.approx(heat.lung_area)  # a uniform map scores the area
+    assert heat.validation_slices == 160
+
+
+@pytest.mark.slow
+def test_the_batched_grad_cam_draws_the_maps_explain_draws_one_by_one(data):
+    import keras
+
+    from ctdemo.app.jobs import gradcam_batch
+    from ctdemo.explain.saliency import explain
+    from ctdemo.models.architectures import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(TINY_CNN, 2)
+    images, labels = data.x[:5], np.array([0, 1, 1, 0, 1])
+    maps = gradcam_batch(model, images, labels)
+    assert maps.shape == (5, 24, 24) and (maps.reshape(5, -1).max(axis=1) > 0.99).all()
+    for heat, image, label in zip(maps, images, labels, strict=True):
+        np.testing.assert_allclose(heat, explain(model, image, "gradcam", int(label)), atol=1e-3)
 
 
 def test_a_job_that_cannot_work_is_refused_before_it_waits(queue, data):

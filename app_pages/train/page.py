@@ -9,9 +9,10 @@ import streamlit as st
 from ctdemo.app import resources, runs, train_settings
 from ctdemo.app.charts import confusion_matrix, run_overlay, training_curves
 from ctdemo.app.text import plain
+from ctdemo.app.timeline import lung_share_chart
 from ctdemo.app.train_settings import SHARED_SERVER, TooCostly, TrainSettings, memory_text
 from ctdemo.config import DEMO_BUNDLE_DIR, resolve_data_source
-from ctdemo.evaluation.metrics import shown
+from ctdemo.evaluation.numbers import shown
 from ctdemo.evaluation.splits import SPLIT_METHODS
 from ctdemo.explain.overlay import blend, image_strip
 from ctdemo.io.archives import ArchiveError
@@ -20,7 +21,7 @@ from ctdemo.models.specs import PRESETS, duration
 
 JOB = "train_job"  # (job id, settings, attention pixels) of this session's running training
 RESULT = "train_result"  # (job id, settings, final snapshot, model, card) of the last run
-FRAMES = "train_frames"  # the last run's attention frames and slice
+FRAMES = "train_frames"  # the last run's attention frames, slice and its lungs' area
 SAVED = "train_settings"  # the last settings, kept when the person visits another page
 LESSON = "train_lesson"  # start a run on this rerun: the last one with the other split
 RUNS = "train_runs"
@@ -329,20 +330,33 @@ def live_panel() -> None:
         )
     loss_and_accuracy(snapshot, "live")
     if snapshot.frames:
-        show_attention(snapshot.frames, pixels)
+        show_attention(snapshot.frames, pixels, snapshot.attention_lung_area, "live")
     if snapshot.finished:
         collect(job, settings, snapshot)
         st.rerun(scope="app")
 
 
-def show_attention(frames, pixels) -> None:
-    """The attention timeline: the chosen slice with each epoch's Grad-CAM over it."""
+def show_attention(frames, pixels, lung_area: float | None, key: str) -> None:
+    """The attention timeline: the chosen slice with each epoch's Grad-CAM over it, and beside
+    it how much of that heat falls inside the slice's lungs."""
     shown = frames[-12:]
-    st.caption("Where the CNN looks at the chosen slice, epoch by epoch (Grad-CAM, true class)")
-    st.image(
+    images, chart = st.columns([3, 2])
+    images.caption("Where the CNN looks at the chosen slice, epoch by epoch (Grad-CAM, true class)")
+    images.image(
         [blend(pixels, frame.heatmap / 255.0, 0.5) for frame in shown],
         caption=[f"epoch {frame.epoch}" for frame in shown],
         width=96,
+    )
+    if lung_area is None:
+        chart.caption("The lungs were not found on this slice: the heat inside them is not shown.")
+        return
+    chart.caption("Share of the heat inside the lungs, each epoch; dotted: the lungs' area")
+    chart.plotly_chart(
+        lung_share_chart(
+            [frame.epoch for frame in frames], [frame.lung_share for frame in frames], lung_area
+        ),
+        key=f"{key}_lung_share",
+        width="stretch",
     )
 
 
@@ -354,7 +368,8 @@ def collect(job, settings: TrainSettings, snapshot) -> None:
             st.session_state.get(RUNS, []), runs.record(job.id, settings, snapshot, job.card)
         )
     pixels = st.session_state[JOB][2]
-    st.session_state[FRAMES] = (snapshot.frames, pixels) if snapshot.frames else None
+    frames = (snapshot.frames, pixels, snapshot.attention_lung_area)
+    st.session_state[FRAMES] = frames if snapshot.frames else None
     del st.session_state[JOB]
     resources.training_queue().forget(resources.owner_id())
 
@@ -376,7 +391,7 @@ def show_result() -> None:
     )
     loss_and_accuracy(snapshot, "final")
     if st.session_state.get(FRAMES):
-        show_attention(*st.session_state[FRAMES])
+        show_attention(*st.session_state[FRAMES], "final")
     if model is None or card is None or "accuracy" not in card.validation:
         return
     validation = card.validation
@@ -396,6 +411,7 @@ def show_result() -> None:
                 shown(interval["value"], "{:.1%}" if key != "roc_auc" else "{:.3f}"),
                 help=f"95% CI {low}–{high} on {validation['n']} validation slices",
             )
+    show_lung_heat(snapshot.lung_heat)
     left, right = st.columns(2)
     left.plotly_chart(
         confusion_matrix(validation["confusion_matrix"], card.class_names),
@@ -425,6 +441,22 @@ def show_result() -> None:
             on_click=queue_lesson,
             args=(settings,),
         )
+
+
+def show_lung_heat(heat) -> None:
+    """Where the final model looks over the validation slices, against the lungs' area."""
+    if heat is None:
+        return
+    columns = st.columns(2)
+    columns[0].metric(
+        "Heat inside the lungs",
+        f"{heat.share.mean:.0%}",
+        help=f"95% CI {heat.share.low:.0%}–{heat.share.high:.0%} on {heat.share.n} slices",
+    )
+    columns[1].metric(
+        "Lungs' area", f"{heat.lung_area:.0%}", help="What a map blind to anatomy scores"
+    )
+    st.caption(heat.sentence())
 
 
 def queue_lesson(settings: TrainSettings) -> None:

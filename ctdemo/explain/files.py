@@ -84,7 +84,8 @@ def _explain_one(
     targets = out_dir / f"{stem}.heatmap.png", out_dir / f"{stem}.overlay.png"
     taken = [target.name for target in targets if target.exists()]
     if taken and not overwrite:
-        raise ValueError(f"{', '.join(taken)} already exists in {out_dir} (use --overwrite).")
+        verb = "exists" if len(taken) == 1 else "exist"
+        raise ValueError(f"{' and '.join(taken)} already {verb} in {out_dir} (use --overwrite).")
     pixels = decode_slice(read_slice_file(file), os.path.basename(file)).pixels
     probs = probabilities(model, model_input(pixels, card)[np.newaxis])[0]
     if not is_number(probs):
