@@ -14,8 +14,6 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from test_cli import assert_one_line_error, run_cli
-from test_page_classify import image_captions, open_app, png, upload, use_own_model, verdicts
 
 from ctdemo.app import classify
 from ctdemo.app.samples import sample_scans
@@ -28,6 +26,8 @@ from ctdemo.models.saving import save_model
 from ctdemo.models.uploaded import adapt_uploaded_model, read_uploaded_model
 
 from dicom_factory import ct_dicom_bytes
+from test_cli import assert_one_line_error, run_cli
+from test_page_classify import image_captions, open_app, png, upload, use_own_model, verdicts
 
 pytestmark = pytest.mark.slow
 FAST_SECONDS = 5  # Keras took 141 s to load the 60,000-layer graph; the check reads JSON only

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -11,6 +13,10 @@ from ctdemo.models.cards import ModelCard, preprocessing_spec
 from conftest import ROOT, make_image_folder
 
 pytestmark = pytest.mark.slow
+PAIRED = (  # the looks table's paired test, whichever way it goes
+    r"(Tiny cnn vs Tiny mlp: no significant difference|Tiny \w+ better than Tiny \w+)"
+    r" \(p .*, n = \d+\)"
+)
 CONFIGURED = "The configured dataset's held-out slices (CTDEMO_DATA_DIR)"
 
 
@@ -81,3 +87,29 @@ def test_two_tiny_models_on_a_tiny_dataset_get_the_table_a_p_value_and_a_gallery
     assert "p " in " ".join(table["difference"])  # a p-value (or p n/a) for each paired row
     assert "24 slices" in " ".join(caption.value for caption in app.caption)
     assert any("disagree" in header.value for header in app.subheader)
+
+
+def test_where_the_models_look_is_computed_on_demand_and_kept_across_reruns(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTDEMO_DATA_DIR", str(make_image_folder(tmp_path / "tiny", per_class=12)))
+    session = {"trained:a": tiny_model("cnn", 24, 1), "trained:b": tiny_model("mlp", 16, 2)}
+    app = open_compare(session)
+    app.multiselect(key="compare_models").set_value(["trained:a", "trained:b"]).run()
+    app.radio(key="compare_data").set_value(CONFIGURED).run()
+    assert len(app.dataframe) == 1  # nothing is explained before the visitor asks
+    assert any("Where the models look" in header.value for header in app.subheader)
+
+    app.button(key="compare_looks").click().run()
+    assert not app.exception, app.exception
+    table = app.dataframe[1].value
+    assert list(table.columns) == ["metric", "Tiny cnn", "Tiny mlp", "difference"]
+    rows = table.set_index("metric")
+    assert rows.loc["Explanation", "Tiny cnn"] == "Grad-CAM"
+    assert rows.loc["Explanation", "Tiny mlp"] == "SmoothGrad saliency"
+    assert rows.loc["Slices scored", "Tiny cnn"].startswith("24 of 24")
+    for measure in ("Heat inside the lungs", "Faithfulness (deletion score against random)"):
+        assert re.fullmatch(PAIRED, rows.loc[measure, "difference"]), rows.loc[measure]
+    notes = " ".join(caption.value for caption in app.caption)
+    assert "On 24 slices" in notes and "classical segmentation" in notes
+
+    app.slider(key="threshold").set_value(0.8).run()  # a rerun keeps the answer
+    assert len(app.dataframe) == 2 and app.dataframe[1].value.equals(table)
