@@ -31,6 +31,7 @@ from ctdemo.app.jobs import (
     validation_split,
 )
 from ctdemo.evaluation.splits import SplitSpec
+from ctdemo.explain import saliency
 from ctdemo.io.folders import ArrayDataset, load_arrays
 from ctdemo.models import experiment
 from ctdemo.models.specs import Architecture, TrainConfig
@@ -220,7 +221,7 @@ def test_the_final_lung_heat_spreads_over_at_most_its_slices_with_lungs(tmp_path
         explained.extend(images)
         return np.ones(images.shape[:3], dtype=np.float32)
 
-    monkeypatch.setattr(jobs, "gradcam_batch", uniform_maps)
+    monkeypatch.setattr(saliency, "gradcam_batch", uniform_maps)
     heat = jobs._lung_heat(FakeModel(), validation, batch_size=16)
     assert len(explained) == heat.share.n and 50 <= heat.share.n <= LUNG_HEAT_SLICES
     assert not any((image == 0).all() for image in explained), "a slice without lungs was read"
@@ -232,8 +233,7 @@ def test_the_final_lung_heat_spreads_over_at_most_its_slices_with_lungs(tmp_path
 def test_the_batched_grad_cam_draws_the_maps_explain_draws_one_by_one(data):
     import keras
 
-    from ctdemo.app.jobs import gradcam_batch
-    from ctdemo.explain.saliency import explain
+    from ctdemo.explain.saliency import explain, gradcam_batch
     from ctdemo.models.architectures import build_model
 
     keras.utils.set_random_seed(0)

@@ -674,6 +674,7 @@ def _lung_heat(model: keras.Model, validation: ArrayDataset, batch_size: int) ->
     spread over the split, among those where the lungs were found; None where none were.
     Grad-CAM runs `batch_size` slices at once: less memory than a training step of that batch,
     which the job's cost check has allowed."""
+    from ctdemo.explain.saliency import gradcam_batch
     from ctdemo.explain.trust import estimate
 
     masks = [segment_lungs(image[..., 0]) for image in validation.x]
@@ -689,24 +690,6 @@ def _lung_heat(model: keras.Model, validation: ArrayDataset, batch_size: int) ->
     share = estimate(shares)
     area = float(np.mean([masks[i].area_share for i in chosen]))
     return LungHeat(share, area, len(validation))
-
-
-def gradcam_batch(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Grad-CAM maps in [0, 1] of many model inputs, each for its own class, in one pass: the
-    maps `explain(model, image, "gradcam", label)` draws one by one (equal to 1e-3), at about
-    a fifteenth of their time for 60 slices of the 'cnn' preset."""
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    from ctdemo.explain.saliency import last_conv_layer
-
-    maps = Gradcam(model, clone=False)(
-        CategoricalScore([int(label) for label in labels]),
-        images.astype(np.float32),
-        penultimate_layer=last_conv_layer(model),
-        seek_penultimate_conv_layer=False,
-    )
-    return np.asarray(maps, dtype=np.float32).reshape(images.shape[:3])
 
 
 def _check_split(
