@@ -12,7 +12,6 @@ import json
 import stat
 import struct
 import tempfile
-import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +26,7 @@ from ctdemo.io.download import MARKER, DownloadError, download_dataset, is_compl
 from ctdemo.io.folders import scan_image_folder
 
 from conftest import make_image_folder
+from loopback import LoopbackServer, serving
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -246,7 +246,7 @@ def test_find_dataset_root_stops_at_a_folder_with_a_file(tmp_path):
 # ---------------------------------------------------------------------------- download
 
 
-class Server:
+class Server(LoopbackServer):
     """Routes: path -> (status, body, declared length or None). Counts requests per path."""
 
     def __init__(self):
@@ -269,28 +269,12 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def url(self, path: str) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        self.listen(Handler)
 
 
 @pytest.fixture
 def server(monkeypatch):
-    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    running = Server()
-    running.thread.start()
-    yield running
-    running.httpd.shutdown()
-    running.httpd.server_close()
-    running.thread.join(timeout=5)
+    yield from serving(Server(), monkeypatch)
 
 
 @pytest.fixture

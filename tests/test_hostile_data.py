@@ -12,15 +12,10 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
-import subprocess
-import sys
-import threading
 import time
-import zipfile
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +36,9 @@ from ctdemo.models.cards import ModelCard, json_safe
 from ctdemo.models.specs import Architecture
 
 from conftest import ROOT, make_image_folder
+from loopback import LoopbackServer, serving
+from test_cli import run_cli
+from test_dataset_upload import zip_folder
 
 OWNER = "hostile-visitor"
 TINY_MLP = Architecture("mlp", 24, 0.2, hidden_units=(8,))
@@ -80,15 +78,6 @@ def raw_zip(entries: dict[bytes, bytes], utf8: bool = False) -> bytes:
     return bytes(out + central + end)
 
 
-def zip_folder(root: Path, prefix: str = "") -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                bundle.write(path, prefix + path.relative_to(root).as_posix())
-    return buffer.getvalue()
-
-
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes: what must survive a refused command."""
     return {
@@ -98,18 +87,6 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 def workspaces(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(".ctdemo-download-"))
-
-
-def run_cli(*args, home: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CTDEMO_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, "-m", "ctdemo", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def assert_one_error_line(stderr: str, returncode: int) -> str:
@@ -208,7 +185,7 @@ def test_stale_upload_cleanup_removes_only_what_an_import_made(tmp_path):
 # ---------------------------------------------------------------------------- 2. bounded download
 
 
-class EndlessServer:
+class EndlessServer(LoopbackServer):
     """`/endless`: a chunked body that never ends. `/huge`: a Content-Length of a terabyte.
     Counts the bytes sent; gives up by itself after `SAFETY` bytes so a test cannot hang."""
 
@@ -242,27 +219,12 @@ class EndlessServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def url(self, path: str) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        self.listen(Handler)
 
 
 @pytest.fixture
 def endless(monkeypatch):
-    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    server = EndlessServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    yield from serving(EndlessServer(), monkeypatch)
 
 
 CAP = 2 * 2**20

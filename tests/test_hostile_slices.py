@@ -51,14 +51,9 @@ from ctdemo.io.slices import (
 import hostile_corpus
 from conftest import ROOT, make_image_folder, real_train_dir
 from dicom_factory import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
+from hostile_corpus import encode
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def encode(image: Image.Image, format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
 
 
 def traced_peak(function, *args):

@@ -8,7 +8,6 @@ module only lays them out. TensorFlow-side modules are imported when a model is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +15,7 @@ import streamlit as st
 
 from ctdemo.app import classify, resources
 from ctdemo.app.charts import deletion_chart, sanity_chart
+from ctdemo.app.resources import ExplanationKey
 from ctdemo.app.text import plain
 from ctdemo.explain.methods import (
     CAM_METHODS,
@@ -36,18 +36,6 @@ LAYER_KEY = "cam_layer"
 SANITY_KEY = "sanity_for"
 
 
-@dataclass(frozen=True)
-class Explained:
-    """What one explanation depends on: the key of every cache that holds a part of it."""
-
-    model_key: str
-    digest: str
-    window: tuple[float, float]
-    method: str
-    class_index: int
-    layer: str | None = None  # the convolution a class-activation map reads; None: the last
-
-
 def explained(
     result: classify.SliceResult,
     model_key: str,
@@ -55,37 +43,29 @@ def explained(
     method: str,
     class_index: int,
     layer: str | None = None,
-) -> Explained:
-    return Explained(
+) -> ExplanationKey:
+    return ExplanationKey(
         model_key, result.digest, (window.width, window.level), method, class_index, layer
     )
 
 
-def heatmap(result: classify.SliceResult, key: Explained) -> np.ndarray:
+def heatmap(result: classify.SliceResult, key: ExplanationKey) -> np.ndarray:
     """The (cached) explanation at the model's input size; `ExplanationError` when the method
     cannot explain this model."""
     from ctdemo.models.inference import model_input, slices_per_batch
 
     model, card = resources.get_model(key.model_key)
     return resources.explanation(
-        key.model_key,
-        key.digest,
-        key.window,
-        key.method,
-        key.class_index,
-        model,
-        model_input(result.pixels, card),
-        batch_size=slices_per_batch(card),
-        layer=key.layer,
+        key, model, model_input(result.pixels, card), batch_size=slices_per_batch(card)
     )
 
 
-def heatmap_on_slice(result: classify.SliceResult, key: Explained) -> np.ndarray:
+def heatmap_on_slice(result: classify.SliceResult, key: ExplanationKey) -> np.ndarray:
     """The explanation mapped onto the slice's own shape (the square padding undone)."""
     return to_slice_geometry(heatmap(result, key), result.pixels.shape)
 
 
-def report(result: classify.SliceResult, key: Explained) -> HeatmapReport:
+def report(result: classify.SliceResult, key: ExplanationKey) -> HeatmapReport:
     """The explanation and its trust numbers, as `ctdemo.explain.trust.assess` computes them,
     from cached parts: the map, the lungs of the slice, the deletion curve."""
     from ctdemo.explain.trust import HeatmapReport
@@ -94,16 +74,7 @@ def report(result: classify.SliceResult, key: Explained) -> HeatmapReport:
     model, card = resources.get_model(key.model_key)
     at_input = heatmap(result, key)
     curve = resources.deletion(
-        key.model_key,
-        key.digest,
-        key.window,
-        key.method,
-        key.class_index,
-        key.layer,
-        model,
-        model_input(result.pixels, card),
-        at_input,
-        batch_size=slices_per_batch(card),
+        key, model, model_input(result.pixels, card), at_input, batch_size=slices_per_batch(card)
     )
     return HeatmapReport(
         heatmap=at_input,
@@ -164,17 +135,16 @@ def trust_panel(report: HeatmapReport, class_name: str) -> None:
 
 
 def sanity_panel(
-    result: classify.SliceResult, key: Explained, colour_map: str, alpha: float
+    result: classify.SliceResult, key: ExplanationKey, colour_map: str, alpha: float
 ) -> None:
     """One click re-initialises a copy of the model layer by layer from the output down and
     compares the fully random model's map with the trained one's."""
     from ctdemo.explain.sanity import UNCHANGED_ABOVE, verdict
     from ctdemo.models.inference import model_input
 
-    checked = Explained(key.model_key, key.digest, key.window, key.method, key.class_index)
     if st.button("Sanity check: randomise the model", key="sanity_button"):
-        st.session_state[SANITY_KEY] = checked
-    if st.session_state.get(SANITY_KEY) != checked:
+        st.session_state[SANITY_KEY] = key
+    if st.session_state.get(SANITY_KEY) != key:
         st.caption(
             "A map that stays the same when the model's weights are random shows the image, "
             "not what the model learned (Adebayo et al., 2018)."
@@ -184,17 +154,8 @@ def sanity_panel(
     label = METHOD_LABELS[key.method]
     try:
         with st.spinner(f"Randomising the model layer by layer and explaining with {label}…"):
-            steps = resources.sanity_check(
-                key.model_key,
-                key.digest,
-                key.window,
-                key.method,
-                key.class_index,
-                key.layer,
-                model,
-                model_input(result.pixels, card),
-            )
-            trained = heatmap_on_slice(result, checked)
+            steps = resources.sanity_check(key, model, model_input(result.pixels, card))
+            trained = heatmap_on_slice(result, key)
     except ExplanationError as error:
         st.error(plain(error))
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
@@ -20,12 +19,8 @@ from ctdemo.io.archives import ArchiveError
 from ctdemo.io.folders import DatasetError, scan_image_folder
 from ctdemo.io.slices import SliceError, decode_slice, read_slice_file
 
-if TYPE_CHECKING:
-    from ctdemo.explain.quality import ExplanationComparison
-
 MAX_DISAGREEMENTS = 8
 BETTER_STYLE = "background-color: #d8f0dc; font-weight: bold"
-LOOK_SAMPLE = 60  # slices every model explains: about 40 s for the shipped two on 2 cores
 LOOKS_FOR = "compare_looks_for"  # the selection the visitor asked "where the models look" for
 
 
@@ -78,33 +73,13 @@ def slice_with_explanation(model_key: str, root: str, file: str, predicted: str)
     pixels = decode_slice(data, file).pixels
     model, card = resources.get_model(model_key)
     method = available_methods(model)[0]
+    key = resources.ExplanationKey(
+        model_key, digest(data), (0.0, 0.0), method, card.class_names.index(predicted)
+    )
     heatmap = resources.explanation(
-        model_key,
-        digest(data),
-        (0.0, 0.0),
-        method,
-        card.class_names.index(predicted),
-        model,
-        model_input(pixels, card),
-        batch_size=slices_per_batch(card),
+        key, model, model_input(pixels, card), batch_size=slices_per_batch(card)
     )
     return blend(pixels, to_slice_geometry(heatmap, pixels.shape), 0.45), METHOD_LABELS[method]
-
-
-@st.cache_data(max_entries=4, ttl=3600, show_spinner="Explaining every slice with every model…")
-def explanation_quality(
-    model_keys: tuple[str, ...],
-    root: str,
-    files: tuple[str, ...],
-    labels: tuple[str, ...],
-    _models: dict,
-) -> ExplanationComparison:
-    """Each model's explanations on a sample of the compared slices, once per (models, slices):
-    the keys identify `_models` (not hashed)."""
-    from ctdemo.explain import quality
-
-    sample = [files[i] for i in quality.spread_sample(labels, LOOK_SAMPLE)]
-    return quality.compare_explanations(_models, quality.read_slices(root, sample))
 
 
 def styled(display: pd.DataFrame, better: list[str | None]):
@@ -122,13 +97,13 @@ def where_models_look(selection: tuple, models: dict) -> None:
         st.session_state[LOOKS_FOR] = selection
     if st.session_state.get(LOOKS_FOR) != selection:
         st.caption(
-            f"Each model explains its own prediction on up to {LOOK_SAMPLE} of these slices "
-            "(spread over the classes), and each map is scored: how much of its heat falls "
+            f"Each model explains its own prediction on up to {resources.LOOK_SAMPLE} of these "
+            "slices (spread over the classes), and each map is scored: how much of its heat falls "
             "inside the lungs, and whether deleting its hottest pixels changes the answer "
             "sooner than deleting at random. About 40 s for the two shipped models on 2 cores."
         )
         return
-    looks = explanation_quality(*selection, models)
+    looks = resources.explanation_quality(*selection, models)
     rows = looks.rows()
     display = pd.DataFrame([row.flat(list(looks.models)) for row in rows])
     st.dataframe(

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ctdemo.explain.faithfulness import DeletionCurve
     from ctdemo.explain.lungs import LungMask
     from ctdemo.explain.ood import OODDetector
+    from ctdemo.explain.quality import ExplanationComparison
     from ctdemo.explain.sanity import RandomisationStep
     from ctdemo.io.folders import ArrayDataset
     from ctdemo.models.uploaded import UploadedModelInfo
@@ -179,24 +180,32 @@ def thumbnail(path: str, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     return np.round(to_model_input(pixels, side)[..., 0] * 255).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class ExplanationKey:
+    """What one explanation of one slice depends on: the key of every cache below that holds a
+    part of it (Streamlit hashes a dataclass by its fields)."""
+
+    model_key: str
+    digest: str  # of the slice's file
+    window: tuple[float, float]  # the DICOM window it was decoded with; (0, 0) for pictures
+    method: str
+    class_index: int
+    layer: str | None = None  # the convolution a class-activation map reads; None: the last
+
+
 @st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
 def explanation(
-    model_key: str,
-    slice_digest: str,
-    window: tuple[float, float],
-    method: str,
-    class_index: int,
+    key: ExplanationKey,
     _model: keras.Model,
     _image: np.ndarray,
     batch_size: int = EXPLANATION_BATCH,
-    layer: str | None = None,
 ) -> np.ndarray:
-    """Heatmap at the model's input size, computed `batch_size` copies of the slice at a time,
-    of `layer` (the last convolution when None); `_model` and `_image` are identified by the
-    keys before them (the leading underscore tells Streamlit not to hash them)."""
+    """Heatmap at the model's input size, computed `batch_size` copies of the slice at a time;
+    `_model` and `_image` are identified by `key` (the leading underscore tells Streamlit not to
+    hash them)."""
     from ctdemo.explain.saliency import explain
 
-    return explain(_model, _image, method, class_index, batch_size, layer)
+    return explain(_model, _image, key.method, key.class_index, batch_size, key.layer)
 
 
 @st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
@@ -210,44 +219,33 @@ def lung_mask(slice_digest: str, window: tuple[float, float], _pixels: np.ndarra
 
 @st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
 def deletion(
-    model_key: str,
-    slice_digest: str,
-    window: tuple[float, float],
-    method: str,
-    class_index: int,
-    layer: str | None,
+    key: ExplanationKey,
     _model: keras.Model,
     _image: np.ndarray,
     _heatmap: np.ndarray,
     batch_size: int = EXPLANATION_BATCH,
 ) -> DeletionCurve:
-    """The deletion curve of one explanation, keyed like `explanation`: 42 copies of the
-    slice through the model, `batch_size` at a time, and 42 numbers kept."""
+    """The deletion curve of one explanation: 42 copies of the slice through the model,
+    `batch_size` at a time, and 42 numbers kept."""
     from ctdemo.explain.faithfulness import deletion_curve
     from ctdemo.models.inference import probabilities
 
     return deletion_curve(
-        lambda batch: probabilities(_model, batch, batch_size)[:, class_index], _image, _heatmap
+        lambda batch: probabilities(_model, batch, batch_size)[:, key.class_index],
+        _image,
+        _heatmap,
     )
 
 
 @st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
 def sanity_check(
-    model_key: str,
-    slice_digest: str,
-    window: tuple[float, float],
-    method: str,
-    class_index: int,
-    layer: str | None,
-    _model: keras.Model,
-    _image: np.ndarray,
+    key: ExplanationKey, _model: keras.Model, _image: np.ndarray
 ) -> list[RandomisationStep]:
     """Cascading randomisation of a clone of the model on one slice (one explanation per
-    weighted layer: about a second for Grad-CAM on the shipped CNN), kept per key; `layer` is
-    the convolution explained (None: the last)."""
+    weighted layer: a few seconds for Grad-CAM on the shipped CNN)."""
     from ctdemo.explain.sanity import cascading_randomisation
 
-    return cascading_randomisation(_model, _image, method, class_index, layer=layer)
+    return cascading_randomisation(_model, _image, key.method, key.class_index, layer=key.layer)
 
 
 def owner_id() -> str:
@@ -323,3 +321,24 @@ def comparison(
         if key.startswith(SHIPPED_PREFIX)
     }
     return evaluate_models(_models, folder, model_files=model_files)
+
+
+LOOK_SAMPLE = 60
+"""Slices every model explains for Compare's "where the models look": about 40 s for the two
+shipped models on 2 cores."""
+
+
+@st.cache_data(max_entries=4, ttl=3600, show_spinner="Explaining every slice with every model…")
+def explanation_quality(
+    model_keys: tuple[str, ...],
+    root: str,
+    files: tuple[str, ...],
+    labels: tuple[str, ...],
+    _models: dict,
+) -> ExplanationComparison:
+    """Each model's explanations on a sample of the compared slices, once per (models, slices):
+    the keys identify `_models` (not hashed)."""
+    from ctdemo.explain import quality
+
+    sample = [files[i] for i in quality.spread_sample(labels, LOOK_SAMPLE)]
+    return quality.compare_explanations(_models, quality.read_slices(root, sample))
