@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from ctdemo.app import classify
 from ctdemo.config import DEMO_SAMPLES_DIR, WEIGHTS_DIR
 from ctdemo.explain.methods import METHOD_LABELS, to_slice_geometry
-from ctdemo.explain.ood import feature_extractor, load_detector
+from ctdemo.explain.ood_model import feature_extractor, load_detector
 from ctdemo.explain.overlay import blend, png_bytes
 from ctdemo.explain.saliency import available_methods, explain
 from ctdemo.models.inference import model_input

@@ -5,11 +5,11 @@
 Times, in one fresh process:
 1. loading the two shipped models (TensorFlow import included), as the page's
    `st.cache_resource` does once per server;
-2. `compare.evaluate_models` on the 300-slice demo bundle, twice: the first call (cold: the
+2. `models.evaluate.evaluate_models` on the 300-slice demo bundle, twice: the first call (cold: the
    models have never predicted, so Keras traces them) and a second call of the library
    function itself (decode and predict again; warm models). The page caches the comparison
    (`st.cache_data`), so a cached call there is a dictionary lookup, not this second figure;
-3. `compare.metrics_table` (1,000 bootstrap resamples), which the page also caches.
+3. `evaluation.table.metrics_table` (1,000 bootstrap resamples), which the page also caches.
 
 Also prints the median milliseconds per slice each model reports. Writes
 benchmarks/results/compare.json.
@@ -26,7 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 
 from ctdemo.config import DEMO_BUNDLE_DIR, WEIGHTS_DIR
-from ctdemo.evaluation import compare
+from ctdemo.evaluation.table import metrics_table
+from ctdemo.models.evaluate import evaluate_models
 
 SHIPPED = ("mlp", "cnn")
 
@@ -45,12 +46,10 @@ def main() -> None:
 
     models, load_seconds = timed(load_both)
     files = {name: WEIGHTS_DIR / f"{name}.keras" for name in SHIPPED}
-    first, first_seconds = timed(
-        compare.evaluate_models, models, DEMO_BUNDLE_DIR, model_files=files
-    )
-    _, second_seconds = timed(compare.evaluate_models, models, DEMO_BUNDLE_DIR, model_files=files)
-    table, table_seconds = timed(compare.metrics_table, first)
-    accuracy = {row["key"]: row for row in table}["accuracy"]
+    first, first_seconds = timed(evaluate_models, models, DEMO_BUNDLE_DIR, model_files=files)
+    _, second_seconds = timed(evaluate_models, models, DEMO_BUNDLE_DIR, model_files=files)
+    table, table_seconds = timed(metrics_table, first)
+    accuracy = {row.key: row for row in table}["accuracy"]
     results = {
         "slices": first.n,
         "cpu_count": os.cpu_count(),
@@ -58,9 +57,9 @@ def main() -> None:
         "seconds_evaluate_first_call": first_seconds,
         "seconds_evaluate_second_call": second_seconds,
         "seconds_metrics_table": table_seconds,
-        "ms_per_slice": {name: result.ms_per_slice for name, result in first.models.items()},
-        "accuracy": {name: value["value"] for name, value in accuracy["values"].items()},
-        "mcnemar_p": accuracy["comparisons"][0]["p_value"],
+        "ms_per_slice": {name: r.footprint.ms_per_slice for name, r in first.models.items()},
+        "accuracy": {name: value.value for name, value in accuracy.values.items()},
+        "mcnemar_p": accuracy.comparisons[0].p_value,
     }
     print(f"both shipped models on the demo bundle ({first.n} slices), {os.cpu_count()} CPUs")
     print(f"  load the two models (TensorFlow import included)  {load_seconds:6.2f} s")

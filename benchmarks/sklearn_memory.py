@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "app_pages" / "classify" / "page.py"
-MODEL_SIDE = ["ctdemo.models.inference", "ctdemo.explain.ood", "ctdemo.explain.trust"]
+MODEL_SIDE = ["ctdemo.models.inference", "ctdemo.explain.ood_model", "ctdemo.explain.trust"]
 VARIANTS = {
     "without": ([], True),
     "scipy.stats": (["scipy.stats"], True),

@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 import keras
 import tensorflow as tf
 
-from ctdemo.app.jobs import TrainingJob, TrainingQueue
+from ctdemo.app.jobs import JobStatus, TrainingJob
+from ctdemo.app.queue import TrainingQueue
 from ctdemo.config import DEMO_BUNDLE_DIR, split_root
 from ctdemo.evaluation.splits import SplitSpec, make_split
 from ctdemo.io.folders import ArrayDataset, load_arrays
@@ -105,7 +106,7 @@ class _Clock(keras.callbacks.Callback):
 
 _job_marks: dict[str, list[tuple[float, float]]] = {}
 _job_spent: dict[str, list[dict[str, float]]] = {}  # the running sums of _spent at epoch ends
-_job_on_epoch = TrainingJob._on_epoch
+_job_on_epoch = TrainingJob.on_epoch
 
 
 def _on_epoch_marked(job: TrainingJob, epoch: int, logs: dict[str, float]) -> None:
@@ -115,7 +116,7 @@ def _on_epoch_marked(job: TrainingJob, epoch: int, logs: dict[str, float]) -> No
     _job_on_epoch(job, epoch, logs)
 
 
-TrainingJob._on_epoch = _on_epoch_marked
+TrainingJob.on_epoch = _on_epoch_marked
 
 _spent: collections.Counter[str] = collections.Counter()
 """Seconds spent in each piece of the job path's own work, summed over a run: measured
@@ -189,7 +190,7 @@ def job_fit(queue: TrainingQueue, data: ArrayDataset, config: TrainConfig, atten
         polls += 1
     wall = time.perf_counter() - started[0]
     snapshot = job.snapshot()
-    if snapshot.status != "done":
+    if snapshot.status != JobStatus.DONE:
         raise SystemExit(f"the benchmark job ended {snapshot.status}: {snapshot.message}")
     _, cpu = _durations([started, *_job_marks.pop(job.id)])
     sums = [{}, *_job_spent.pop(job.id)]

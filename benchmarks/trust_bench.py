@@ -38,7 +38,7 @@ from ctdemo.config import DEMO_BUNDLE_DIR, WEIGHTS_DIR
 from ctdemo.explain.faithfulness import deletion_curve
 from ctdemo.explain.lungs import segment_lungs
 from ctdemo.explain.methods import METHOD_LABELS, to_slice_geometry
-from ctdemo.explain.ood import feature_extractor, load_detector
+from ctdemo.explain.ood_model import feature_extractor, load_detector
 from ctdemo.explain.overlay import blend, colourise, outline, png_bytes
 from ctdemo.explain.saliency import available_methods, explain
 from ctdemo.explain.sanity import cascading_randomisation

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from ctdemo.evaluation.shortcut import Shortcut, ShortcutError, ValidationMarking
 from ctdemo.explain.methods import METHODS
 
 if TYPE_CHECKING:  # TensorFlow loads for the commands that need it, not for --help
@@ -114,6 +115,14 @@ def _progress_bar(label: str, done: int, total: int | None, width: int = 30) -> 
     sys.stderr.flush()
 
 
+def _shortcut(text: str) -> Shortcut:
+    """`--shortcut KIND:CLASS:FRACTION`, checked before anything runs."""
+    try:
+        return Shortcut.parse(text)
+    except ShortcutError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m ctdemo",
@@ -160,6 +169,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="keep an exponential moving average of the weights (default: the preset's)",
     )
+    train.add_argument(
+        "--shortcut",
+        type=_shortcut,
+        metavar="KIND:CLASS:FRACTION",
+        help="plant a marker on a class's training slices, e.g. square:COVID:1.0 "
+        "(kinds: square, letter, frame)",
+    )
+    train.add_argument(
+        "--shortcut-validation",
+        choices=[marking.value for marking in ValidationMarking],
+        default=ValidationMarking.CLEAN.value,
+        help="validation slices: clean (default), marked the same way, or flipped",
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics on every image of a folder")
     evaluate.add_argument("--model", type=Path, required=True, help="a .keras file with its card")
@@ -202,7 +224,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "shortcut_validation", "clean") != "clean" and args.shortcut is None:
+        parser.error("--shortcut-validation needs --shortcut")
     handlers = {
         "train": _train,
         "evaluate": _evaluate,
@@ -260,6 +285,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     spec = SplitSpec(args.split, args.val_split, args.seed, args.block_size)
+    shortcut = args.shortcut and replace(args.shortcut, validation=args.shortcut_validation)
     folder = scan_image_folder(args.data)  # lists the files; nothing is decoded yet
     cost = estimate(config, len(folder.files), len(folder.class_names), spec.val_fraction)
     check_cost(cost, machine_limits(), where="on this machine")
@@ -281,6 +307,7 @@ def _train(args: argparse.Namespace) -> int:
         groups_csv=args.groups_csv,
         on_epoch=on_epoch,
         on_batch=on_batch,
+        shortcut=shortcut,
     )
     if result.stop_reason == "nan":
         raise CliError(result.message)
@@ -292,6 +319,12 @@ def _train(args: argparse.Namespace) -> int:
         f"[{accuracy['low']:.3f}, {accuracy['high']:.3f}], "
         f"{time.perf_counter() - started:.0f} s)"
     )
+    if card.shortcut:
+        clean, marked = card.shortcut["clean_accuracy"], card.shortcut["marked_accuracy"]
+        print(
+            f"planted shortcut ({card.shortcut['description']}): validation accuracy "
+            f"{clean['value']:.3f} on clean slices, {marked['value']:.3f} on marked slices"
+        )
     ood = card.data.get("ood", {})
     if "threshold" in ood:
         print(

@@ -73,3 +73,11 @@ def make_image_folder(
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_image_folder(tmp_path / "tiny")
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """CTDEMO_DATA_DIR pointing at a tiny generated dataset (fast epochs)."""
+    root = make_image_folder(tmp_path / "tiny", per_class=30, size=32)
+    monkeypatch.setenv("CTDEMO_DATA_DIR", str(root))
+    return root

@@ -25,8 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ctdemo.io.archives import ArchiveError
-from ctdemo.io.folders import DatasetError
-from ctdemo.io.slices import (
+from ctdemo.io.decoded import (
     DicomError,
     EmptyFileError,
     ImageTooLargeError,
@@ -35,6 +34,7 @@ from ctdemo.io.slices import (
     SliceError,
     TruncatedImageError,
 )
+from ctdemo.io.folders import DatasetError
 
 import dicom_factory
 

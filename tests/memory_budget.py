@@ -135,7 +135,8 @@ def _empty_hdf5() -> bytes:
 
 def case_slice() -> Callable[[], str]:
     """The largest PNG a visitor may upload (25 megapixels) and two strips within that cap."""
-    from ctdemo.io.slices import SliceError, decode_slice, to_model_input
+    from ctdemo.io.decoded import SliceError
+    from ctdemo.io.slices import decode_slice, to_model_input
 
     files = [png(5000, 5000), png(30000, 833), long_strip_png(25_000_000)]
 
@@ -171,7 +172,8 @@ def case_batch() -> Callable[[], str]:
 
 def case_dicom() -> Callable[[], str]:
     """A 25-megapixel DICOM slice, and one whose deflated dataset inflates to 1 GiB."""
-    from ctdemo.io.slices import SliceError, decode_slice, to_model_input
+    from ctdemo.io.decoded import SliceError
+    from ctdemo.io.slices import decode_slice, to_model_input
 
     files = [dicom(5000, 5000), deflated_dicom(2**30)]
 
@@ -212,7 +214,7 @@ def case_zip() -> Callable[[], str]:
 def case_model() -> Callable[[], str]:
     """A bring-your-own model, small on disk, whose graph is 60,000 layers (Keras took 141 s
     to load one): a Sequential of ReLUs, 3 MB of JSON, 0.1 MB zipped."""
-    from ctdemo.models.uploaded import read_uploaded_model
+    from ctdemo.models.uploaded.load import read_uploaded_model
 
     layers = [
         {

@@ -35,6 +35,19 @@ def test_decode_files_keeps_going_past_bad_files():
     assert results[0].digest == results[3].digest != results[1].digest
 
 
+def test_decode_files_decodes_each_file_once_and_keeps_its_colour(monkeypatch):
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    red = np.zeros((30, 50, 3), np.uint8)
+    red[..., 0] = 200
+    results = classify.decode_files(
+        [("red.png", png(red)), ("grey.png", png(np.full((30, 50), 90, np.uint8)))]
+    )
+    assert len(opened) == 4  # each file: its header for the batch budget, then one decode
+    assert results[0].colour_fraction == 1.0 and results[1].colour_fraction == 0.0
+
+
 def test_rows_hide_the_verdict_of_an_out_of_distribution_slice():
     probabilities = {"COVID": 0.9, "non-COVID": 0.1}
     flagged = OODResult(distance=40.0, threshold=10.0, flagged=True, reason="far from CT")

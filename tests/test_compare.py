@@ -1,11 +1,11 @@
-"""ctdemo.evaluation.compare: several models on the same slices, paired tests, the charts."""
+"""ctdemo.evaluation.compare, .table and .report: models on the same slices, paired tests, the
+charts and the exports."""
 
 from __future__ import annotations
 
 import csv
 import io
 import itertools
-import math
 import pickle
 
 import numpy as np
@@ -13,21 +13,17 @@ import pytest
 
 from ctdemo.app import charts
 from ctdemo.app.catalog import shipped_cards
-from ctdemo.config import DEMO_BUNDLE_DIR, WEIGHTS_DIR
 from ctdemo.evaluation import compare
 from ctdemo.evaluation.compare import (
-    LabelledSlices,
-    card_comparison,
-    comparison_csv,
     comparison_from_probabilities,
     disagreements,
-    display_rows,
-    metrics_csv,
-    metrics_table,
     threshold_tradeoff,
 )
 from ctdemo.evaluation.metrics import bootstrap_interval, f1_score, mcnemar_exact, roc_auc
-from ctdemo.io.folders import DatasetError
+from ctdemo.evaluation.numbers import Interval
+from ctdemo.evaluation.report import comparison_csv, display_rows, metrics_csv
+from ctdemo.evaluation.table import Metric, card_comparison, metrics_table
+from ctdemo.io.folders import scan_image_folder
 from ctdemo.models.cards import ModelCard, preprocessing_spec
 
 from conftest import make_image_folder
@@ -60,7 +56,7 @@ def hand_comparison(seed: int = 0, n: int = 60):
         correct[name] = right
     cards = {name: card(name) for name in probabilities}
     files = [f"slice-{i}.png" for i in range(n)]
-    return comparison_from_probabilities(cards, probabilities, labels, files), correct
+    return comparison_from_probabilities(cards, probabilities, labels, files=files), correct
 
 
 # ------------------------------------------------------------------------------ the table
@@ -69,46 +65,44 @@ def hand_comparison(seed: int = 0, n: int = 60):
 def test_table_has_every_metric_with_an_interval_containing_its_value():
     comparison, _ = hand_comparison()
     table = metrics_table(comparison, repeats=200)
-    rows = {row["key"]: row for row in table}
+    rows = {row.key: row for row in table}
     assert set(METRICS) <= set(rows)
     for key in METRICS:
-        assert rows[key]["interval"] and rows[key]["test"]
-        assert set(rows[key]["values"]) == {"A", "B", "C"}
-        for name, value in rows[key]["values"].items():
-            assert value["low"] <= value["value"] <= value["high"], (key, name, value)
-            assert rows[key]["text"][name] != "–"
-        assert len(rows[key]["comparisons"]) == 3  # one per pair
+        assert rows[key].interval and rows[key].test
+        assert set(rows[key].values) == {"A", "B", "C"}
+        for name, value in rows[key].values.items():
+            assert value.low <= value.value <= value.high, (key, name, value)
+            assert rows[key].text(name) != "–"
+        assert len(rows[key].comparisons) == 3  # one per pair
     for key in ("calibration", "parameters", "file_bytes", "ms_per_slice", "training_seconds"):
-        assert key in rows and rows[key]["comparisons"] == [] and rows[key]["better"] is None
-    assert all("same 60 labelled slices" in row["basis"] for row in table)
+        assert key in rows and rows[key].comparisons == () and rows[key].better is None
+    assert all("same 60 labelled slices" in row.basis for row in table)
 
 
 def test_accuracy_and_proportions_match_hand_counts():
     comparison, correct = hand_comparison()
-    rows = {row["key"]: row for row in metrics_table(comparison, repeats=50)}
+    rows = {row.key: row for row in metrics_table(comparison, repeats=50)}
     positive = comparison.is_positive
     for name, right in correct.items():
-        assert rows["accuracy"]["values"][name]["value"] == pytest.approx(right.mean())
-        assert rows["sensitivity"]["values"][name]["value"] == pytest.approx(right[positive].mean())
-        assert rows["specificity"]["values"][name]["value"] == pytest.approx(
-            right[~positive].mean()
-        )
+        assert rows["accuracy"].values[name].value == pytest.approx(right.mean())
+        assert rows["sensitivity"].values[name].value == pytest.approx(right[positive].mean())
+        assert rows["specificity"].values[name].value == pytest.approx(right[~positive].mean())
 
 
 def test_mcnemar_p_matches_metrics_mcnemar_exact_on_paired_predictions():
     comparison, correct = hand_comparison()
-    rows = {row["key"]: row for row in metrics_table(comparison, repeats=50)}
+    rows = {row.key: row for row in metrics_table(comparison, repeats=50)}
     positive = comparison.is_positive
-    tests = {(t["a"], t["b"]): t for t in rows["accuracy"]["comparisons"]}
+    tests = {(t.a, t.b): t for t in rows["accuracy"].comparisons}
     assert set(tests) == set(itertools.combinations("ABC", 2))
     for (a, b), test in tests.items():
         only_a, only_b, p = mcnemar_exact(correct[a], correct[b])
-        assert (test["only_a"], test["only_b"], test["p_value"]) == (only_a, only_b, p)
+        assert (test.only_a, test.only_b, test.p_value) == (only_a, only_b, p)
     # sensitivity and specificity: the same test on the positive / negative slices only
     for key, among in (("sensitivity", positive), ("specificity", ~positive)):
-        for test in rows[key]["comparisons"]:
-            a, b = test["a"], test["b"]
-            assert test["p_value"] == mcnemar_exact(correct[a][among], correct[b][among])[2]
+        for test in rows[key].comparisons:
+            a, b = test.a, test.b
+            assert test.p_value == mcnemar_exact(correct[a][among], correct[b][among])[2]
 
 
 def test_better_only_when_significant():
@@ -124,15 +118,15 @@ def test_better_only_when_significant():
         cards, {"right": truth, "ten": wrong_ten, "two": wrong_two}, labels
     )
     accuracy = metrics_table(comparison, repeats=50)[0]
-    assert accuracy["key"] == "accuracy" and comparison.n == n
-    by_pair = {(t["a"], t["b"]): t for t in accuracy["comparisons"]}
-    assert by_pair[("right", "ten")]["p_value"] == pytest.approx(2 / 1024)
-    assert by_pair[("right", "ten")]["better"] == "right"
-    assert by_pair[("ten", "two")]["better"] == "two"  # 8 discordant, all one way: p = 2/256
-    assert by_pair[("right", "two")]["p_value"] == pytest.approx(0.5)
-    assert by_pair[("right", "two")]["better"] is None
+    assert accuracy.key is Metric.ACCURACY and comparison.n == n
+    by_pair = {(t.a, t.b): t for t in accuracy.comparisons}
+    assert by_pair[("right", "ten")].p_value == pytest.approx(2 / 1024)
+    assert by_pair[("right", "ten")].better == "right"
+    assert by_pair[("ten", "two")].better == "two"  # 8 discordant, all one way: p = 2/256
+    assert by_pair[("right", "two")].p_value == pytest.approx(0.5)
+    assert by_pair[("right", "two")].better is None
     # "right" is not significantly better than every other model, so no overall mark
-    assert accuracy["better"] is None
+    assert accuracy.better is None
     flat = display_rows([accuracy], comparison.names)[0]
     assert flat["right"].startswith("100.0%")
     assert "right better than ten (p = 0.002)" in flat["difference"]
@@ -147,32 +141,32 @@ def test_overall_better_when_one_model_beats_each_other():
     comparison = comparison_from_probabilities(
         {"good": card("good"), "bad": card("bad")}, {"good": truth, "bad": worse}, labels
     )
-    rows = {row["key"]: row for row in metrics_table(comparison, repeats=200)}
-    assert rows["accuracy"]["better"] == "good"
-    assert rows["sensitivity"]["better"] == "good"
-    assert rows["specificity"]["better"] is None  # both right on every negative: p = 1
-    assert rows["specificity"]["comparisons"][0]["p_value"] == 1.0
+    rows = {row.key: row for row in metrics_table(comparison, repeats=200)}
+    assert rows["accuracy"].better == "good"
+    assert rows["sensitivity"].better == "good"
+    assert rows["specificity"].better is None  # both right on every negative: p = 1
+    assert rows["specificity"].comparisons[0].p_value == 1.0
 
 
 def test_bootstrap_rows_are_metrics_bootstrap_interval_with_the_seed():
     comparison, _ = hand_comparison(seed=3)
-    rows = {row["key"]: row for row in metrics_table(comparison, repeats=300, seed=7)}
+    rows = {row.key: row for row in metrics_table(comparison, repeats=300, seed=7)}
     positive = comparison.is_positive
     for name in comparison.names:
         called = comparison.predicted_positive(name)
         f1 = bootstrap_interval(lambda t, c: f1_score(t, c), positive, called, 300, 7)
         auc = bootstrap_interval(roc_auc, positive, comparison.positive_score(name), 300, 7)
-        assert rows["f1"]["values"][name] == pytest.approx(f1.to_dict())
-        assert rows["roc_auc"]["values"][name] == pytest.approx(auc.to_dict())
+        assert rows["f1"].values[name].to_dict() == pytest.approx(f1.to_dict())
+        assert rows["roc_auc"].values[name].to_dict() == pytest.approx(auc.to_dict())
 
 
 def test_paired_bootstrap_p_is_small_for_a_clear_gap_and_symmetric():
     comparison, _ = hand_comparison(seed=1, n=200)
-    rows = {row["key"]: row for row in metrics_table(comparison, repeats=300)}
+    rows = {row.key: row for row in metrics_table(comparison, repeats=300)}
     for key in ("precision", "f1", "roc_auc"):
-        tests = {(t["a"], t["b"]): t for t in rows[key]["comparisons"]}
-        assert tests[("A", "C")]["p_value"] < 0.05 and tests[("A", "C")]["better"] == "A"
-        assert 0 < tests[("A", "C")]["p_value"] <= 1
+        tests = {(t.a, t.b): t for t in rows[key].comparisons}
+        assert tests[("A", "C")].p_value < 0.05 and tests[("A", "C")].better == "A"
+        assert 0 < tests[("A", "C")].p_value <= 1
 
 
 def test_three_classes_have_accuracy_but_no_binary_rows():
@@ -181,7 +175,7 @@ def test_three_classes_have_accuracy_but_no_binary_rows():
     cards = {"m": card("m", classes=["a", "b", "c"], positive=None)}
     comparison = comparison_from_probabilities(cards, {"m": probs}, labels)
     assert comparison.positive_class is None
-    keys = [row["key"] for row in metrics_table(comparison)]
+    keys = [row.key for row in metrics_table(comparison)]
     assert "accuracy" in keys and not set(keys) & {"sensitivity", "f1", "roc_auc"}
     with pytest.raises(ValueError, match="positive class"):
         threshold_tradeoff(comparison, "m", [0.5])
@@ -198,6 +192,24 @@ def test_class_mismatch_is_refused_with_the_model_named():
         )
 
 
+def test_probabilities_of_the_wrong_shape_are_refused_with_the_model_named():
+    with pytest.raises(ValueError, match=r"m gave 3 scores on 2 slices.*names 2 classes"):
+        comparison_from_probabilities({"m": card("m")}, {"m": np.full((2, 3), 1 / 3)}, CLASSES)
+    with pytest.raises(ValueError, match=r"m gave 2 scores on 1 slices.*there are 2 slices"):
+        comparison_from_probabilities({"m": card("m")}, {"m": binary_probs([0.5])}, CLASSES)
+
+
+def test_each_model_is_scored_in_its_own_class_order():
+    labels = ["COVID", "non-COVID", "COVID"]
+    flipped = card("flipped", classes=["non-COVID", "COVID"])
+    probs = np.array([[0.2, 0.8], [0.7, 0.3], [0.9, 0.1]])  # says COVID, non-COVID, non-COVID
+    comparison = comparison_from_probabilities({"flipped": flipped}, {"flipped": probs}, labels)
+    result = comparison.models["flipped"]
+    assert result.predicted == ["COVID", "non-COVID", "non-COVID"]
+    assert result.correct.tolist() == [True, True, False]
+    assert comparison.positive_score("flipped").tolist() == [0.8, 0.3, 0.1]
+
+
 # ----------------------------------------------------------------------- per-slice views
 
 
@@ -206,18 +218,21 @@ def test_disagreements_are_exactly_the_differing_predictions():
     a, b = comparison.models["A"], comparison.models["B"]
     expected = {i for i in range(comparison.n) if a.predicted[i] != b.predicted[i]}
     rows = disagreements(comparison, "A", "B")
-    assert {row["index"] for row in rows} == expected and len(rows) == len(expected)
+    assert {row.index for row in rows} == expected and len(rows) == len(expected)
     for row in rows:
-        i = row["index"]
-        assert row["file"] == comparison.files[i] and row["truth"] == comparison.labels[i]
-        assert (row["a_predicted"], row["b_predicted"]) == (a.predicted[i], b.predicted[i])
-        assert row["a_probability"] == pytest.approx(a.probabilities[i].max())
-        assert row["right"] == ("A" if a.correct[i] else "B" if b.correct[i] else None)
-    confidences = [row["confidence"] for row in rows]
+        i = row.index
+        assert row.file == comparison.files[i] and row.truth == comparison.labels[i]
+        assert (row.first.model, row.second.model) == ("A", "B")
+        assert (row.first.predicted, row.second.predicted) == (a.predicted[i], b.predicted[i])
+        assert row.first.probability == pytest.approx(a.probabilities[i].max())
+        assert row.second.probability == pytest.approx(b.probabilities[i].max())
+        assert row.right == ("A" if a.correct[i] else "B" if b.correct[i] else None)
+    confidences = [row.confidence for row in rows]
     assert confidences == sorted(confidences, reverse=True)
-    both = [row["both_sure"] for row in disagreements(comparison, "A", "B", sort_by="both")]
+    assert all(row.confidence == max(p.probability for p in row.answers) for row in rows)
+    both = [row.both_sure for row in disagreements(comparison, "A", "B", sort_by="both")]
     assert both == sorted(both, reverse=True)
-    in_order = [row["index"] for row in disagreements(comparison, "A", "B", sort_by="file")]
+    in_order = [row.index for row in disagreements(comparison, "A", "B", sort_by="file")]
     assert in_order == sorted(expected)
     assert disagreements(comparison, "A", "A") == []
     with pytest.raises(ValueError, match="sort_by"):
@@ -230,14 +245,14 @@ def test_threshold_tradeoff_ends_and_a_hand_case():
     probs = binary_probs([0.0, 0.4, 0.6, 0.9, 1.0, 0.5, 0.2, 0.1])
     comparison = comparison_from_probabilities({"m": card("m")}, {"m": probs}, labels)
     low, middle, high = threshold_tradeoff(comparison, "m", [0.0, 0.5, 1.0])
-    assert low["sensitivity"] == 1.0 and low["specificity"] == 0.0
-    assert high["specificity"] == 1.0 and high["sensitivity"] == 0.0
+    assert low.sensitivity == 1.0 and low.specificity == 0.0
+    assert high.specificity == 1.0 and high.sensitivity == 0.0
     # at 0.5: called positive 0.6, 0.9 | 1.0, 0.5 -> tp 2, fn 2, fp 2, tn 2
-    assert (middle["tp"], middle["fn"], middle["tn"], middle["fp"]) == (2, 2, 2, 2)
-    assert middle["sensitivity"] == middle["specificity"] == 0.5
+    assert (middle.tp, middle.fn, middle.tn, middle.fp) == (2, 2, 2, 2)
+    assert middle.sensitivity == middle.specificity == 0.5
     sweep = threshold_tradeoff(comparison, "m", np.linspace(0, 1, 11))
-    assert all(x["sensitivity"] >= y["sensitivity"] for x, y in itertools.pairwise(sweep))
-    assert all(x["specificity"] <= y["specificity"] for x, y in itertools.pairwise(sweep))
+    assert all(x.sensitivity >= y.sensitivity for x, y in itertools.pairwise(sweep))
+    assert all(x.specificity <= y.specificity for x, y in itertools.pairwise(sweep))
 
 
 def test_chart_inputs_and_figures():
@@ -278,10 +293,28 @@ def test_exports():
     accuracy = [row for row in rows if row["metric"] == "accuracy"]
     assert [row["model"] for row in accuracy] == ["A", "B", "C", "A vs B", "A vs C", "B vs C"]
     assert float(accuracy[0]["low"]) <= float(accuracy[0]["value"]) <= float(accuracy[0]["high"])
-    assert float(accuracy[3]["p_value"]) == table[0]["comparisons"][0]["p_value"]
+    assert float(accuracy[3]["p_value"]) == table[0].comparisons[0].p_value
+    assert accuracy[0]["method"] == "Wilson 95%" and accuracy[3]["method"].startswith("McNemar")
     # the page caches a comparison: it must survive pickling (no Keras objects inside)
     restored = pickle.loads(pickle.dumps(comparison))
     np.testing.assert_array_equal(restored.models["A"].probabilities, a.probabilities)
+
+
+def test_unseen_by_all_keeps_only_the_files_in_every_validation_split(tmp_path):
+    folder = scan_image_folder(make_image_folder(tmp_path / "data", per_class=3, size=24))
+    files = [folder.relative(path) for path in folder.files]
+    cards = {
+        "a": card("a", validation={"files": files[:4]}),
+        "b": card("b", validation={"files": files[2:]}),
+        "up": card("up"),
+    }
+    subset, note = compare.unseen_by_all(folder, cards)
+    assert [subset.relative(path) for path in subset.files] == files[2:4]
+    assert subset.labels.tolist() == folder.labels[2:4].tolist()
+    assert note == (
+        "2 of 6 slices are in the validation split of a, b (never trained on); "
+        "what up trained on is unknown."
+    )
 
 
 # ------------------------------------------------------------------ without any images
@@ -290,14 +323,15 @@ def test_exports():
 def test_card_comparison_says_these_are_not_the_same_slices():
     cards = shipped_cards()
     rows = card_comparison(cards)
-    by_key = {row["key"]: row for row in rows}
+    by_key = {row.key: row for row in rows}
     assert set(METRICS) <= set(by_key)
     for row in rows:
-        assert "NOT the same slices" in row["basis"] and "own validation split" in row["basis"]
-        assert row["comparisons"] == [] and row["better"] is None
+        assert "NOT the same slices" in row.basis and "own validation split" in row.basis
+        assert row.comparisons == () and row.better is None
     for name, model_card in cards.items():
-        assert by_key["accuracy"]["values"][name] == model_card.validation["accuracy"]
-        assert by_key["parameters"]["values"][name] == model_card.parameters
+        accuracy = by_key["accuracy"].values[name]
+        assert accuracy == Interval.from_dict(model_card.validation["accuracy"])
+        assert by_key["parameters"].values[name] == model_card.parameters
     curves = compare.card_roc_curves(cards)
     assert (
         set(curves) == set(cards)
@@ -308,128 +342,6 @@ def test_card_comparison_says_these_are_not_the_same_slices():
 
 def test_card_comparison_of_a_card_without_validation():
     rows = card_comparison({"uploaded": card("uploaded"), "cnn": shipped_cards()["cnn"]})
-    accuracy = next(row for row in rows if row["key"] == "accuracy")
-    assert accuracy["values"]["uploaded"] is None and accuracy["text"]["uploaded"] == "–"
-    assert accuracy["text"]["cnn"].endswith("%)")
-
-
-# ---------------------------------------------------------------- with Keras models
-
-
-def tiny_models():
-    from ctdemo.models.architectures import build_cnn, build_mlp
-
-    mlp = build_mlp(24, 2, (8,), 0.0)
-    cnn = build_cnn(32, 2, (4,), (8,), 0.0)
-    return {
-        "mlp": (mlp, card("mlp", 24)),
-        "cnn": (cnn, card("cnn", 32, classes=["non-COVID", "COVID"])),  # other class order
-    }
-
-
-@pytest.mark.slow
-def test_evaluate_models_decodes_once_and_uses_each_models_input(tmp_path, monkeypatch):
-    from ctdemo.models.inference import predict_files
-
-    root = make_image_folder(tmp_path / "data", per_class=6, size=40)
-    (root / "COVID" / "broken.png").write_bytes(b"not a png")
-    models = tiny_models()
-    decoded = []
-    real_decode = compare.decode_slice
-    monkeypatch.setattr(
-        compare, "decode_slice", lambda *args: decoded.append(args[1]) or real_decode(*args)
-    )
-    model_file = tmp_path / "mlp.keras"
-    model_file.write_bytes(b"x" * 1234)
-    comparison = compare.evaluate_models(
-        models, root, model_files={"mlp": model_file, "cnn": 999}, timing_repeats=2
-    )
-    assert len(decoded) == 13  # every file once, whatever the number of models
-    assert comparison.n == 12 and comparison.positive_class == "COVID"
-    assert comparison.skipped == [("COVID/broken.png", comparison.skipped[0][1])]
-    assert comparison.labels == ["COVID"] * 6 + ["non-COVID"] * 6
-    for name, (model, model_card) in models.items():
-        result = comparison.models[name]
-        assert result.probabilities.shape == (12, 2)
-        np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0)
-        # the same probabilities as the Classify path, file by file
-        paths = [str(root / file) for file in comparison.files]
-        for prediction, probs in zip(
-            predict_files(model, model_card, paths), result.probabilities, strict=True
-        ):
-            expected = [prediction.probabilities[c] for c in model_card.class_names]
-            np.testing.assert_allclose(probs, expected, atol=2e-6)
-        assert result.class_names[result.y_true[0]] == "COVID"  # aligned to its classes
-        assert result.ms_per_slice > 0 and result.parameters == model.count_params()
-    assert comparison.models["mlp"].file_bytes == 1234
-    assert comparison.models["cnn"].file_bytes == 999
-    # the same slices from memory, or from an ArrayDataset, give the same answers
-    slices = compare.load_slices(root)
-    again = compare.evaluate_models(models, slices, timing_repeats=0)
-    np.testing.assert_allclose(
-        again.models["cnn"].probabilities, comparison.models["cnn"].probabilities, atol=1e-6
-    )
-    assert math.isnan(again.models["cnn"].ms_per_slice)
-    table = metrics_table(comparison, repeats=50)
-    assert {row["key"] for row in table} >= set(METRICS)
-
-
-@pytest.mark.slow
-def test_evaluate_models_on_an_array_dataset(tiny_dataset):
-    from ctdemo.io.folders import load_arrays
-
-    dataset = load_arrays(tiny_dataset, 32)
-    comparison = compare.evaluate_models(tiny_models(), dataset, timing_repeats=0)
-    assert comparison.n == len(dataset) and comparison.files == dataset.files
-
-
-@pytest.mark.slow
-def test_evaluate_models_refuses_a_model_that_does_not_know_the_classes(tmp_path, monkeypatch):
-    root = make_image_folder(tmp_path / "data", per_class=2, size=24)
-    models = tiny_models()
-    pets_model = models["mlp"][0]
-    models["pets"] = (pets_model, card("pets", classes=["cat", "dog"], positive="dog"))
-    monkeypatch.setattr(compare, "decode_slice", lambda *args: pytest.fail("decoded"))
-    with pytest.raises(ValueError, match=r"pets cannot be compared.*class\(es\) COVID, non-COVID"):
-        compare.evaluate_models(models, root, timing_repeats=0)
-
-
-def test_no_readable_image_is_a_dataset_error(tmp_path):
-    for name in CLASSES:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "bad.png").write_bytes(b"nope")
-    with pytest.raises(DatasetError, match="No readable images"):
-        compare.load_slices(tmp_path)
-
-
-def test_labelled_slices_check_their_labels():
-    pixels = [np.zeros((4, 4), np.float32)] * 2
-    slices = LabelledSlices(pixels, ["b", "a"], ["1", "2"])
-    assert slices.class_names == ["a", "b"] and slices.y.tolist() == [1, 0]
-    with pytest.raises(ValueError, match="one entry per slice"):
-        LabelledSlices(pixels, ["a"], ["1", "2"])
-    with pytest.raises(ValueError, match="not among the class names: c"):
-        LabelledSlices(pixels, ["a", "c"], ["1", "2"], class_names=["a", "b"])
-
-
-@pytest.mark.slow
-def test_shipped_models_on_the_demo_bundle_tell_their_cards_story():
-    from ctdemo.models.saving import load_model
-
-    models = {name: load_model(WEIGHTS_DIR / f"{name}.keras") for name in ("mlp", "cnn")}
-    comparison = compare.evaluate_models(models, DEMO_BUNDLE_DIR, timing_repeats=1)
-    assert comparison.n == 300 and comparison.skipped == []
-    rows = {row["key"]: row for row in metrics_table(comparison, repeats=200)}
-    for name, (_, model_card) in models.items():
-        accuracy = rows["accuracy"]["values"][name]["value"]
-        assert abs(accuracy - model_card.validation["accuracy"]["value"]) < 0.07, name
-    # On these 300 slices of unseen patients the CNN leads the distribution MLP by 3 points
-    # of accuracy and 0.016 of ROC AUC, neither significant; it calls fewer non-COVID slices
-    # COVID, and that difference is.
-    for key in ("accuracy", "roc_auc"):
-        values = rows[key]["values"]
-        assert values["cnn"]["value"] >= values["mlp"]["value"], key
-        (test,) = rows[key]["comparisons"]
-        assert test["p_value"] > 0.05 and rows[key]["better"] is None, key
-    (test,) = rows["specificity"]["comparisons"]
-    assert test["p_value"] < 0.01 and rows["specificity"]["better"] == "cnn"
+    accuracy = next(row for row in rows if row.key == "accuracy")
+    assert accuracy.values["uploaded"] is None and accuracy.text("uploaded") == "–"
+    assert accuracy.text("cnn").endswith("%)")

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 from ctdemo.io.archives import ArchiveError, ArchiveLimits
+from ctdemo.io.decoded import SliceError
 from ctdemo.io.folders import DatasetError, load_arrays
-from ctdemo.io.slices import SliceError, decode_slice
+from ctdemo.io.slices import decode_slice
 from ctdemo.io.uploads import MARKER, import_zip_dataset, uploads_dir
 
 from conftest import ROOT

@@ -20,10 +20,12 @@ from ctdemo.app.samples import sample_scans
 from ctdemo.app.text import plain
 from ctdemo.explain.saliency import explain
 from ctdemo.models.cards import ModelCard, ModelLoadError, preprocessing_spec
-from ctdemo.models.cost import BATCH_ACTIVATION_BYTES, MAX_LAYERS, ModelCost, check_cost
 from ctdemo.models.inference import NOT_A_NUMBER, predict_files, probabilities
 from ctdemo.models.saving import save_model
-from ctdemo.models.uploaded import adapt_uploaded_model, read_uploaded_model
+from ctdemo.models.uploaded.adapt import adapt_uploaded_model
+from ctdemo.models.uploaded.cost import check_cost
+from ctdemo.models.uploaded.limits import BATCH_ACTIVATION_BYTES, MAX_LAYERS, ModelCost
+from ctdemo.models.uploaded.load import read_uploaded_model
 
 from dicom_factory import ct_dicom_bytes
 from test_cli import assert_one_line_error, run_cli

@@ -32,18 +32,21 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from ctdemo.app import classify
 from ctdemo.evaluation.splits import assign_groups
-from ctdemo.io import folders, slices
-from ctdemo.io.folders import DatasetError, load_arrays, scan_image_folder
-from ctdemo.io.slices import (
-    LUNG_WINDOW,
-    MAX_DECODED_SIDE,
+from ctdemo.io import folders, limits
+from ctdemo.io.decoded import (
     AspectRatioError,
     DicomError,
     ImageTooLargeError,
     NotAnImageError,
     UnreadableFileError,
+)
+from ctdemo.io.dicom import LUNG_WINDOW
+from ctdemo.io.folders import DatasetError, load_arrays, scan_image_folder
+from ctdemo.io.limits import MAX_DECODED_SIDE
+from ctdemo.io.slices import (
     declared_pixels,
     decode_slice,
+    is_dicom,
     read_slice_file,
     to_model_input,
 )
@@ -401,7 +404,7 @@ def test_a_picture_named_dcm_is_decoded_as_the_picture_it_is(format):
     decoded = decode_slice(picture, "scan.dcm")
     assert decoded.source_format == format
     assert abs(decoded.pixels.mean() - 128 / 255) < 0.01
-    assert not slices.is_dicom(picture, "scan.dcm")
+    assert not is_dicom(picture, "scan.dcm")
 
 
 def test_an_eps_file_never_reaches_ghostscript(monkeypatch):
@@ -504,7 +507,7 @@ def test_read_slice_file_refuses_what_is_not_a_regular_file(path, match):
 
 
 def test_read_slice_file_refuses_a_file_over_the_byte_cap_by_its_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(slices, "MAX_FILE_BYTES", 2**20)
+    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 2**20)
     path = tmp_path / "big.png"
     path.write_bytes(bytes(3 * 2**20))
     with pytest.raises(ImageTooLargeError, match="The file is 3 MB; slices over 1 MB"):

@@ -22,7 +22,8 @@ from streamlit.testing.v1 import AppTest
 
 from ctdemo import cli
 from ctdemo.app import charts
-from ctdemo.app.jobs import STOPPED, TrainingQueue
+from ctdemo.app.jobs import JobStatus
+from ctdemo.app.queue import TrainingQueue
 from ctdemo.app.text import plain
 from ctdemo.app.train_settings import (
     BATCH_SIZES,
@@ -206,7 +207,7 @@ def test_a_job_past_its_time_limit_stops_itself_keeps_the_best_epoch_and_says_wh
     finally:
         queue.shutdown()
     snapshot = job.snapshot()
-    assert snapshot.status == STOPPED and snapshot.stop_reason == "time limit"
+    assert snapshot.status == JobStatus.STOPPED and snapshot.stop_reason == "time limit"
     assert "time limit" in snapshot.message and "3 seconds" in snapshot.message
     assert "best epoch so far is kept" in snapshot.message
     assert 1 <= snapshot.epochs_done < 1000 and snapshot.elapsed_seconds < 30

@@ -1,4 +1,5 @@
-"""ctdemo.io.slices: every decoder path, every refusal, and the path to model input."""
+"""ctdemo.io.slices and its decoders (pictures, DICOM): every path, every refusal, and the path
+to model input."""
 
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ctdemo.io import slices
-from ctdemo.io.slices import (
-    LUNG_WINDOW,
-    MEDIASTINUM_WINDOW,
+from ctdemo.io import limits
+from ctdemo.io.decoded import (
     DecodedSlice,
     DicomError,
     EmptyFileError,
@@ -24,11 +23,9 @@ from ctdemo.io.slices import (
     NotAnImageError,
     SliceError,
     TruncatedImageError,
-    Window,
-    decode_slice,
-    pad_to_square,
-    to_model_input,
 )
+from ctdemo.io.dicom import LUNG_WINDOW, MEDIASTINUM_WINDOW, SAFE_DICOM_TAGS, Window
+from ctdemo.io.slices import decode_slice, pad_to_square, to_model_input
 
 from dicom_factory import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
 
@@ -247,6 +244,39 @@ def test_tiff_float_with_extreme_range_stays_finite():
     np.testing.assert_allclose(decoded.pixels, [[0.0, 1.0], [0.5, 0.5]], atol=1e-6)
 
 
+def png(pixels: np.ndarray) -> bytes:
+    return encode(Image.fromarray(pixels), "PNG")
+
+
+def test_colour_fraction_is_measured_by_the_one_decode():
+    grey = np.random.default_rng(3).integers(0, 256, (60, 80), dtype=np.uint8)
+    assert decode_slice(png(grey)).colour_fraction == 0.0
+    assert decode_slice(png(np.stack([grey] * 3, axis=-1))).colour_fraction == 0.0  # RGB, grey
+    yy, xx = np.mgrid[0:300, 0:400]
+    gradient = np.stack([255 * xx / 400, 255 * yy / 300, 150 * (1 - xx / 400) + 60], axis=-1)
+    assert decode_slice(png(gradient.astype(np.uint8))).colour_fraction > 0.9
+    annotated = np.stack([grey] * 3, axis=-1)
+    annotated[:4, :20] = (255, 0, 0)  # a small red label: under 2% of the pixels
+    assert 0 < decode_slice(png(annotated)).colour_fraction < 0.05
+    transparent = np.zeros((60, 80, 4), dtype=np.uint8)
+    transparent[..., 0] = 255  # red, but fully transparent
+    assert decode_slice(png(transparent)).colour_fraction == 0.0
+    jpeg = encode(Image.fromarray(np.stack([grey] * 3, axis=-1)), "JPEG", quality=70)
+    assert decode_slice(jpeg).colour_fraction < 0.05
+    palette = Image.fromarray(gradient.astype(np.uint8)).convert("P")
+    assert decode_slice(encode(palette, "PNG")).colour_fraction > 0.9
+    dicom = decode_slice(ct_dicom_bytes(np.full((16, 16), 1000, np.int16)))
+    assert dicom.colour_fraction == 0.0
+
+
+def test_a_large_colour_jpeg_keeps_its_colour_through_the_reduced_decode():
+    yy, xx = np.mgrid[0:2400, 0:3200]
+    gradient = np.stack([255 * xx / 3200, 255 * yy / 2400, np.full(xx.shape, 90)], axis=-1)
+    decoded = decode_slice(encode(Image.fromarray(gradient.astype(np.uint8)), "JPEG"))
+    assert decoded.pixels.shape == (768, 1024)  # decoded at a fraction, then reduced
+    assert decoded.colour_fraction > 0.9
+
+
 # ---------------------------------------------------------------------------- DICOM
 
 
@@ -312,7 +342,7 @@ def test_dicom_tags_are_safe_and_groups_hold_a_digest_of_patient_id():
     assert tags["Rows"] == "2"
     assert tags["Columns"] == "3"
     assert tags["ConvolutionKernel"] == "LUNG"
-    assert set(tags) <= set(slices.SAFE_DICOM_TAGS)
+    assert set(tags) <= set(SAFE_DICOM_TAGS)
     for forbidden in ("PatientName", "PatientID", "PatientBirthDate"):
         assert forbidden not in tags
     flat = " ".join(tags.values())
@@ -430,7 +460,7 @@ def test_png_just_over_the_pixel_cap_is_too_large():
 
 
 def test_file_over_byte_cap_is_refused(monkeypatch):
-    monkeypatch.setattr(slices, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 100)
     with pytest.raises(ImageTooLargeError, match="MB"):
         decode_slice(encode(Image.fromarray(grey_ramp(32, 32)), "BMP"))
 

@@ -1,4 +1,5 @@
-"""ctdemo.app.jobs: the training queue, its workers, live progress, stop, failures, expiry.
+"""ctdemo.app.jobs, job_runner and queue: the training queue, its workers, live progress, stop,
+failures, expiry.
 
 Queue mechanics run a fake training (gated, instant, no TensorFlow work) so that who waits for
 whom is decided by the test, not by timing; the end-to-end cases train tiny real models.
@@ -15,22 +16,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ctdemo.app.jobs import (
-    CANCELLED,
-    DONE,
-    FAILED,
-    LUNG_HEAT_SLICES,
-    QUEUED,
-    RUNNING,
-    STOPPED,
-    AlreadyTraining,
-    QueueFull,
-    TrainingJob,
-    TrainingQueue,
-    default_queue,
-    validation_split,
-)
-from ctdemo.evaluation.splits import SplitSpec
+from ctdemo.app import job_runner
+from ctdemo.app.job_runner import LUNG_HEAT_SLICES
+from ctdemo.app.jobs import JobPhase, JobStatus, TrainingJob
+from ctdemo.app.queue import AlreadyTraining, QueueFull, TrainingQueue, default_queue
+from ctdemo.evaluation.splits import SplitSpec, make_split
 from ctdemo.explain import saliency
 from ctdemo.io.folders import ArrayDataset, load_arrays
 from ctdemo.models import experiment
@@ -133,7 +123,7 @@ def test_a_job_trains_to_done_with_live_history(queue, data):
     seen = []
     while not job.finished:
         snapshot = job.snapshot()
-        if snapshot.status == RUNNING:
+        if snapshot.status == JobStatus.RUNNING:
             seen.append((snapshot.epochs_done, snapshot.progress, snapshot.eta_seconds))
         time.sleep(0.001)
     assert job.wait(WAIT)
@@ -143,7 +133,7 @@ def test_a_job_trains_to_done_with_live_history(queue, data):
     assert progress == sorted(progress) and all(0 <= f <= 1 for f in progress)
     assert all(eta is not None and eta >= 0 for done, _, eta in seen if done > 0)
     final = job.snapshot()
-    assert final.status == DONE and final.finished and final.progress == 1.0
+    assert final.status == JobStatus.DONE and final.finished and final.progress == 1.0
     assert final.epochs_done == 6 and len(final.epoch_seconds) == 6
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(final.history)
     assert 1 <= final.best_epoch <= 6 and final.stop_reason == "completed"
@@ -160,7 +150,7 @@ def test_stop_keeps_what_a_running_job_learned(queue, data):
     job.stop()
     assert job.wait(WAIT)
     snapshot = job.snapshot()
-    assert snapshot.status == STOPPED and snapshot.stop_reason == "stopped"
+    assert snapshot.status == JobStatus.STOPPED and snapshot.stop_reason == "stopped"
     assert 1 <= snapshot.epochs_done < 500 and "best epoch" in snapshot.message
     assert job.model is not None and job.card is not None
     assert job.card.stop_reason == "stopped"
@@ -171,18 +161,18 @@ def test_a_diverging_run_fails_with_the_explanation(queue, data):
     job = queue.submit("alice", data, config(learning_rate=1e6, weight_averaging=False), SPEC)
     assert job.wait(WAIT)
     snapshot = job.snapshot()
-    assert snapshot.status == FAILED and snapshot.stop_reason == "nan"
+    assert snapshot.status == JobStatus.FAILED and snapshot.stop_reason == "nan"
     assert "NaN" in snapshot.message and "Lower the learning rate" in snapshot.message
     assert job.model is None and not snapshot.has_model
 
 
 @pytest.mark.slow
 def test_the_attention_timeline_has_one_frame_per_epoch(queue, data):
-    slices = len(validation_split(data, SPEC).val)
+    slices = len(make_split(data, SPEC).val)
     job = queue.submit("alice", data, config(TINY_CNN), SPEC, attention_slice=slices - 1)
     assert job.wait(WAIT)
     snapshot = job.snapshot()
-    assert snapshot.status == DONE and snapshot.attention_slice == slices - 1
+    assert snapshot.status == JobStatus.DONE and snapshot.attention_slice == slices - 1
     assert [frame.epoch for frame in snapshot.frames] == [1, 2, 3]
     for frame in snapshot.frames:
         assert frame.heatmap.dtype == np.uint8 and frame.heatmap.shape == (24, 24)
@@ -194,7 +184,7 @@ def test_the_attention_timeline_has_one_frame_per_epoch(queue, data):
 
 @pytest.mark.slow
 def test_a_cnn_run_ends_with_the_validation_heat_inside_the_lungs(queue, data):
-    validation = validation_split(data, SPEC).val
+    validation = make_split(data, SPEC).val
     job = queue.submit("alice", data, config(TINY_CNN, epochs=1), SPEC)
     assert job.wait(WAIT)
     heat = job.snapshot().lung_heat
@@ -208,8 +198,6 @@ def test_a_cnn_run_ends_with_the_validation_heat_inside_the_lungs(queue, data):
 
 
 def test_the_final_lung_heat_spreads_over_at_most_its_slices_with_lungs(tmp_path, monkeypatch):
-    from ctdemo.app import jobs
-
     lungs = load_arrays(make_image_folder(tmp_path / "many", per_class=75), 24).x
     x = np.concatenate([lungs, np.zeros((10, *lungs.shape[1:]), dtype=np.float32)])
     y = np.zeros(len(x), dtype=np.int32)
@@ -222,7 +210,7 @@ def test_the_final_lung_heat_spreads_over_at_most_its_slices_with_lungs(tmp_path
         return np.ones(images.shape[:3], dtype=np.float32)
 
     monkeypatch.setattr(saliency, "gradcam_batch", uniform_maps)
-    heat = jobs._lung_heat(FakeModel(), validation, batch_size=16)
+    heat = job_runner._lung_heat(FakeModel(), validation, batch_size=16)
     assert len(explained) == heat.share.n and 50 <= heat.share.n <= LUNG_HEAT_SLICES
     assert not any((image == 0).all() for image in explained), "a slice without lungs was read"
     assert heat.share.mean == pytest.approx(heat.lung_area)  # a uniform map scores the area
@@ -262,17 +250,18 @@ def test_a_second_owner_waits_in_line_until_the_first_finishes(queue, data, fake
     first = queue.submit("alice", data, config(), SPEC, name="first")
     second = queue.submit("bob", data, config(), SPEC, name="second")
     assert fake.start_of("first").wait(WAIT)
-    assert first.snapshot().status == RUNNING and first.snapshot().position == 0
+    assert first.snapshot().status == JobStatus.RUNNING and first.snapshot().position == 0
     waiting = second.snapshot()
-    assert waiting.status == QUEUED and waiting.position == 1 and waiting.phase == "waiting"
+    assert waiting.status == JobStatus.QUEUED and waiting.position == 1
+    assert waiting.phase == JobPhase.WAITING
     assert waiting.elapsed_seconds == 0 and waiting.eta_seconds is None
     time.sleep(0.05)
     assert not fake.start_of("second").is_set(), "two trainings ran at once"
     fake.gate("first").set()
-    assert first.wait(WAIT) and first.snapshot().status == DONE
+    assert first.wait(WAIT) and first.snapshot().status == JobStatus.DONE
     assert fake.start_of("second").wait(WAIT)
     fake.gate("second").set()
-    assert second.wait(WAIT) and second.snapshot().status == DONE
+    assert second.wait(WAIT) and second.snapshot().status == JobStatus.DONE
     assert second.model is not None and second.card.name == "second"
 
 
@@ -305,7 +294,7 @@ def test_stop_on_a_waiting_job_cancels_it_and_the_line_moves_up(queue, data, fak
     middle.stop()
     assert middle.wait(1)
     snapshot = middle.snapshot()
-    assert snapshot.status == CANCELLED and snapshot.position is None
+    assert snapshot.status == JobStatus.CANCELLED and snapshot.position is None
     assert "before it started" in snapshot.message and middle.model is None
     assert last.snapshot().position == 1 and queue.waiting == 1
     assert "b" not in fake.started
@@ -316,11 +305,11 @@ def test_an_exception_fails_the_job_and_the_worker_serves_the_next(queue, data, 
     broken = queue.submit("alice", data, config(), SPEC, name="boom")
     assert broken.wait(WAIT)
     snapshot = broken.snapshot()
-    assert snapshot.status == FAILED and broken.model is None
+    assert snapshot.status == JobStatus.FAILED and broken.model is None
     assert snapshot.message == "Training failed (RuntimeError: the fake training broke)."
     fake.gate("next").set()
     following = queue.submit("bob", data, config(), SPEC, name="next")
-    assert following.wait(WAIT) and following.snapshot().status == DONE
+    assert following.wait(WAIT) and following.snapshot().status == JobStatus.DONE
     assert len([t for t in threading.enumerate() if t.name.startswith("ctdemo-training")]) >= 1
 
 
@@ -329,7 +318,7 @@ def test_a_stopped_fake_job_keeps_its_model(queue, data, fake):
     wait_for(lambda: job.snapshot().batch >= 1)
     job.stop()
     assert job.wait(WAIT)
-    assert job.snapshot().status == STOPPED and job.model is not None
+    assert job.snapshot().status == JobStatus.STOPPED and job.model is not None
 
 
 def test_finished_jobs_expire_after_their_time_to_live(data, fake):
@@ -363,9 +352,9 @@ def test_forget_drops_an_owner_s_jobs_and_stops_a_running_one(queue, data, fake)
     running = queue.submit("alice", data, config(epochs=50), SPEC, name="running")
     waiting = queue.submit("bob", data, config(), SPEC, name="bob")
     wait_for(lambda: running.snapshot().batch >= 1)
-    assert queue.forget("bob") == 1 and waiting.snapshot().status == CANCELLED
+    assert queue.forget("bob") == 1 and waiting.snapshot().status == JobStatus.CANCELLED
     queue.forget("alice")
-    assert running.wait(WAIT) and running.snapshot().status == STOPPED
+    assert running.wait(WAIT) and running.snapshot().status == JobStatus.STOPPED
     wait_for(lambda: queue.get(running.id) is None)
     assert running.model is None
 
@@ -373,12 +362,12 @@ def test_forget_drops_an_owner_s_jobs_and_stops_a_running_one(queue, data, fake)
 def test_a_snapshot_is_a_copy_that_cannot_change_the_job(data):
     now = [0.0]
     job = TrainingJob("alice", data, config(epochs=10), SPEC, "x", clock=lambda: now[0])
-    job._start()
+    job.start()
     now[0] = 10.0
-    job._on_epoch(1, {"loss": 0.9, "val_loss": 0.8})
+    job.on_epoch(1, {"loss": 0.9, "val_loss": 0.8})
     now[0] = 30.0
-    job._on_epoch(2, {"loss": 0.7, "val_loss": 0.85})
-    job._on_batch(1, 4)
+    job.on_epoch(2, {"loss": 0.7, "val_loss": 0.85})
+    job.on_batch(1, 4)
     snapshot = job.snapshot()
     assert snapshot.epoch_seconds == (10.0, 20.0) and snapshot.elapsed_seconds == 30.0
     assert snapshot.best_epoch == 1 and snapshot.batch == 1 and snapshot.batches == 4
@@ -388,10 +377,16 @@ def test_a_snapshot_is_a_copy_that_cannot_change_the_job(data):
         snapshot.history["loss"] = (0.0,)
     with pytest.raises(AttributeError):
         snapshot.history["loss"].append(0.0)
-    job._on_epoch(3, {"loss": 0.5, "val_loss": 0.5})
+    job.on_epoch(3, {"loss": 0.5, "val_loss": 0.5})
     assert snapshot.history["loss"] == (0.9, 0.7) and job.snapshot().best_epoch == 3
 
 
 def test_the_default_queue_is_one_per_process():
     assert default_queue() is default_queue()
     assert default_queue().slots == 1
+
+
+def test_a_status_reads_as_its_word_and_knows_whether_the_job_has_finished():
+    assert JobStatus.DONE == "done" and JobStatus.STOPPED.capitalize() == "Stopped"
+    finished = {status for status in JobStatus if status.finished}
+    assert finished == {JobStatus.DONE, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.CANCELLED}

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from ctdemo.app import classify
 from ctdemo.explain.ood import (
     BLANK_STD,
     COLOUR_FRACTION,
     OODDetector,
     OODLoadError,
-    colour_fraction,
+    OODResult,
     ledoit_wolf,
     mahalanobis,
     ood_path,
@@ -101,6 +102,11 @@ GENERATED = {
 
 
 # --- The maths on synthetic features ----------------------------------------------------------
+
+
+def check(detector: OODDetector, features, pixel_std: float = np.inf, colour: float = 0.0):
+    """The result for one image's features (d,)."""
+    return detector.assess(np.asarray(features)[np.newaxis], [pixel_std], [colour])[0]
 
 
 def diagonal_detector(threshold: float = 3.0) -> OODDetector:
@@ -210,41 +216,27 @@ def test_threshold_is_the_margin_times_the_validation_quantile():
 
 def test_results_flag_far_features_blank_images_and_colour_with_a_reason():
     detector = diagonal_detector(threshold=3.0)
-    near = detector.check(np.array([2.0, 3.0]), pixel_std=0.2)
+    near = check(detector, np.array([2.0, 3.0]), pixel_std=0.2)
     assert not near.flagged and near.cue is None and "looks like" in near.reason
-    far = detector.check(np.array([9.0, 2.0]), pixel_std=0.2)
+    far = check(detector, np.array([9.0, 2.0]), pixel_std=0.2)
     assert far.flagged and far.cue == "features" and far.distance == pytest.approx(4.0)
     assert "4.0" in far.reason and "limit 3.0" in far.reason
-    blank_result = detector.check(np.array([1.0, 2.0]), pixel_std=BLANK_STD / 2)
+    blank_result = check(detector, np.array([1.0, 2.0]), pixel_std=BLANK_STD / 2)
     assert blank_result.flagged and blank_result.cue == "blank" and "blank" in blank_result.reason
-    coloured = detector.check(np.array([1.0, 2.0]), colour=0.4)
+    coloured = check(detector, np.array([1.0, 2.0]), colour=0.4)
     assert coloured.flagged and coloured.cue == "colour" and "40%" in coloured.reason
     for result in (near, far, blank_result, coloured):
         assert result.reason.endswith(".") and result.reason.count(". ") == 0  # one sentence
-        assert set(result.to_dict()) >= {"distance", "threshold", "flagged", "reason"}
-    flags = detector.is_out_of_distribution(
+        assert isinstance(result, OODResult) and result.threshold == 3.0
+    assessed = detector.assess(
         np.array([[1.0, 2.0], [9.0, 2.0], [1.0, 2.0], [1.0, 2.0]]),
         pixel_std=np.array([0.2, 0.2, 0.0, 0.2]),
         colour=np.array([0.0, 0.0, 0.0, COLOUR_FRACTION * 2]),
     )
-    assert flags.tolist() == [False, True, True, True]
-
-
-def test_colour_fraction_tells_grey_files_from_colour_pictures():
-    grey = np.random.default_rng(3).integers(0, 256, (60, 80), dtype=np.uint8)
-    assert colour_fraction(_png(grey)) == 0.0
-    assert colour_fraction(_png(np.stack([grey] * 3, axis=-1))) == 0.0  # RGB, but grey
-    assert colour_fraction(colour_gradient_photo()) > 0.9
-    annotated = np.stack([grey] * 3, axis=-1)
-    annotated[:4, :20] = (255, 0, 0)  # a small red label: under 2% of the pixels
-    assert 0 < colour_fraction(_png(annotated)) < COLOUR_FRACTION
-    transparent = np.zeros((60, 80, 4), dtype=np.uint8)
-    transparent[..., 0] = 255  # red, but fully transparent
-    assert colour_fraction(_png(transparent)) == 0.0
-    buffer = io.BytesIO()
-    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(buffer, format="JPEG", quality=70)
-    assert colour_fraction(buffer.getvalue()) < COLOUR_FRACTION
-    assert colour_fraction(b"not an image") == 0.0 and colour_fraction(b"") == 0.0
+    assert [result.flagged for result in assessed] == [False, True, True, True]
+    assert [result.cue for result in assessed] == [None, "features", "blank", "colour"]
+    unscreened = detector.assess(np.array([[1.0, 2.0]]))  # no pixel_std or colour given
+    assert not unscreened[0].flagged and unscreened[0].colour_fraction == 0.0
 
 
 # --- The file ---------------------------------------------------------------------------------
@@ -317,11 +309,19 @@ def test_load_refuses_files_that_are_not_detectors(tmp_path):
 # --- With models (TensorFlow) -----------------------------------------------------------------
 
 
+def screened(data: bytes, extractor, detector: OODDetector, image_size: int) -> OODResult:
+    """One uploaded file through the Classify page's path: decoded once, then screened."""
+    [result] = classify.decode_files([("upload.png", data)])
+    assert result.error is None, result.error
+    classify.screen([result], extractor, detector, image_size)
+    return result.screening
+
+
 @pytest.mark.slow
 def test_feature_extractor_returns_the_input_of_the_logits_layer():
     import keras
 
-    from ctdemo.explain.ood import detector_layer, extract_features, feature_extractor
+    from ctdemo.explain.ood_model import detector_layer, extract_features, feature_extractor
     from ctdemo.models.architectures import build_cnn, build_mlp
 
     x = np.random.default_rng(5).random((3, 24, 24, 1)).astype(np.float32)
@@ -345,7 +345,7 @@ def test_feature_extractor_returns_the_input_of_the_logits_layer():
 @pytest.mark.slow
 def test_training_fits_records_and_saves_the_detector_beside_the_model(tiny_dataset, tmp_path):
     from ctdemo.evaluation.splits import SplitSpec
-    from ctdemo.explain.ood import check_file, feature_extractor, load_detector, model_digest
+    from ctdemo.explain.ood_model import feature_extractor, load_detector, model_digest
     from ctdemo.models.experiment import save_run, train_on_folder
     from ctdemo.models.saving import load_model
     from ctdemo.models.specs import Architecture, TrainConfig
@@ -371,7 +371,7 @@ def test_training_fits_records_and_saves_the_detector_beside_the_model(tiny_data
     assert detector is not None and detector.model_digest == model_digest(model)
     assert detector.threshold == pytest.approx(summary["threshold"], rel=1e-4)
     sample = next((tiny_dataset / "COVID").glob("*.png")).read_bytes()
-    check = check_file(sample, feature_extractor(model, detector.layer), detector, 24)
+    check = screened(sample, feature_extractor(model, detector.layer), detector, 24)
     assert check.threshold == detector.threshold and check.distance >= 0
     # Another model saved at the same path without a detector: the stale one goes.
     other, other_card = train_on_folder(tiny_dataset, config, SplitSpec("random", 0.25, 1), "o")
@@ -409,12 +409,25 @@ def test_cli_train_writes_the_detector(tmp_path):
 # --- The shipped CNN on real slices -----------------------------------------------------------
 
 
+def fit_on_the_cards_split(model, card, dataset) -> OODDetector:
+    """A detector for an already trained model: validation = the files its card lists,
+    training = every other file of `dataset` (the data it trained on, at its input size)."""
+    from ctdemo.explain.ood_model import fit_detector
+
+    validation = set(card.validation["files"])
+    is_val = np.array([file in validation for file in dataset.files])
+    assert int(is_val.sum()) == len(validation), "not the data this model was trained on"
+    assert dataset.x.shape[1] == card.image_size
+    x = dataset.x if card.channels == 1 else np.repeat(dataset.x, card.channels, axis=-1)
+    return fit_detector(model, x[~is_val], x[is_val])
+
+
 @pytest.fixture(scope="module")
 def shipped_cnn(tmp_path_factory):
     """The shipped CNN and a detector fitted on its real training split (files not in its
     card's validation list), with the feature extractor."""
     from ctdemo.config import WEIGHTS_DIR
-    from ctdemo.explain.ood import feature_extractor, fit_detector_from_card
+    from ctdemo.explain.ood_model import feature_extractor
     from ctdemo.io.folders import load_arrays
     from ctdemo.models.saving import load_model
 
@@ -422,7 +435,7 @@ def shipped_cnn(tmp_path_factory):
     model, card = load_model(WEIGHTS_DIR / "cnn.keras")
     cache = tmp_path_factory.mktemp("ood-arrays")
     dataset = load_arrays(train_dir, card.image_size, cache_dir=cache)
-    detector = fit_detector_from_card(model, card, dataset)
+    detector = fit_on_the_cards_split(model, card, dataset)
     return model, card, detector, feature_extractor(model, detector.layer), cache
 
 
@@ -438,29 +451,28 @@ def test_shipped_cnn_detector_is_fitted_on_the_cards_split(shipped_cnn):
 @pytest.mark.slow
 def test_shipped_cnn_accepts_the_demo_bundle_and_every_sample(shipped_cnn):
     from ctdemo.config import DEMO_BUNDLE_DIR, DEMO_SAMPLES_DIR
-    from ctdemo.explain.ood import check_file, extract_features
+    from ctdemo.explain.ood_model import extract_features
     from ctdemo.io.folders import load_arrays
 
     _, card, detector, extractor, cache = shipped_cnn
     bundle = load_arrays(DEMO_BUNDLE_DIR, card.image_size, cache_dir=cache)
-    flags = detector.is_out_of_distribution(
+    assessed = detector.assess(
         extract_features(extractor, bundle.x), pixel_std=bundle.x.std(axis=(1, 2, 3))
     )
+    flags = np.array([result.flagged for result in assessed])
     assert len(flags) >= 200 and 1 - flags.mean() >= 0.98
     samples = sorted(DEMO_SAMPLES_DIR.rglob("*.png"))
     assert len(samples) == 12
     for path in samples:
-        result = check_file(path.read_bytes(), extractor, detector, card.image_size)
+        result = screened(path.read_bytes(), extractor, detector, card.image_size)
         assert not result.flagged, (path.name, result.reason)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", GENERATED)
 def test_shipped_cnn_flags_generated_non_ct_images(shipped_cnn, name):
-    from ctdemo.explain.ood import check_file
-
     _, card, detector, extractor, _ = shipped_cnn
-    result = check_file(GENERATED[name](), extractor, detector, card.image_size)
+    result = screened(GENERATED[name](), extractor, detector, card.image_size)
     assert result.flagged, (name, result.distance, result.threshold)
     # The feature distance alone flags them too: the colour and blank cues are a second line.
     assert result.distance > detector.threshold, (name, result.distance)
@@ -469,7 +481,7 @@ def test_shipped_cnn_flags_generated_non_ct_images(shipped_cnn, name):
 @pytest.mark.slow
 def test_shipped_detector_file_if_present_belongs_to_the_shipped_cnn(shipped_cnn):
     from ctdemo.config import WEIGHTS_DIR
-    from ctdemo.explain.ood import load_detector
+    from ctdemo.explain.ood_model import load_detector
 
     model, _, detector, _, _ = shipped_cnn
     shipped = load_detector(WEIGHTS_DIR / "cnn.keras", model)  # refuses other weights

@@ -13,7 +13,8 @@ from test_imaging import png_declaring
 from ctdemo.app.samples import sample_scans
 from ctdemo.app.text import plain
 from ctdemo.explain.methods import METHOD_LABELS
-from ctdemo.io.slices import LUNG_WINDOW, decode_slice
+from ctdemo.io.dicom import LUNG_WINDOW
+from ctdemo.io.slices import decode_slice
 
 from conftest import ROOT
 from dicom_factory import PATIENT_ID, PATIENT_NAME, ct_dicom_bytes

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_pages.classify import explanation
 from ctdemo.app.samples import sample_scans
 from ctdemo.config import WEIGHTS_DIR
 from ctdemo.explain import overlay
@@ -102,7 +103,7 @@ def test_the_lung_outline_is_drawn_by_default_and_can_be_switched_off(sample, mo
         drawn.append(mask)
         return real_outline(image, mask)
 
-    monkeypatch.setattr(overlay, "outline", recording)
+    monkeypatch.setattr(explanation, "outline", recording)  # where the page draws it
     app = classified()
     assert app.toggle(key="lung_outline").value is True
     assert drawn and np.array_equal(drawn[-1], segment_lungs(sample).mask)

@@ -7,7 +7,9 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from ctdemo.app.compare import STATE, CompareState
 from ctdemo.app.resources import SESSION_MODELS, SessionModel
+from ctdemo.evaluation.compare import SortBy
 from ctdemo.models.cards import ModelCard, preprocessing_spec
 
 from conftest import ROOT, make_image_folder
@@ -87,6 +89,10 @@ def test_two_tiny_models_on_a_tiny_dataset_get_the_table_a_p_value_and_a_gallery
     assert "p " in " ".join(table["difference"])  # a p-value (or p n/a) for each paired row
     assert "24 slices" in " ".join(caption.value for caption in app.caption)
     assert any("disagree" in header.value for header in app.subheader)
+    app.selectbox(key="disagree_sort").set_value(SortBy.FILE).run()
+    assert not app.exception, app.exception
+    shown = [c.split(":")[0] for image in app.get("image") for c in image.captions]
+    assert shown and set(shown) <= {"Tiny cnn", "Tiny mlp"}
 
 
 def test_where_the_models_look_is_computed_on_demand_and_kept_across_reruns(tmp_path, monkeypatch):
@@ -100,6 +106,9 @@ def test_where_the_models_look_is_computed_on_demand_and_kept_across_reruns(tmp_
 
     app.button(key="compare_looks").click().run()
     assert not app.exception, app.exception
+    state = app.session_state[STATE]  # the page's one state object
+    assert isinstance(state, CompareState)
+    assert state.looks_for.model_keys == ("trained:a", "trained:b") and state.looks_for.files
     table = app.dataframe[1].value
     assert list(table.columns) == ["metric", "Tiny cnn", "Tiny mlp", "difference"]
     rows = table.set_index("metric")

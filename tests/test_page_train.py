@@ -14,18 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from ctdemo.app.text import plain
 
-from conftest import ROOT, make_image_folder
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 TINY = "Full dataset (CTDEMO_DATA_DIR)"
-
-
-@pytest.fixture
-def tiny_data(tmp_path, monkeypatch):
-    """CTDEMO_DATA_DIR pointing at a tiny generated dataset (fast epochs)."""
-    root = make_image_folder(tmp_path / "tiny", per_class=30, size=32)
-    monkeypatch.setenv("CTDEMO_DATA_DIR", str(root))
-    return root
 
 
 def open_train(query: dict | None = None) -> AppTest:
@@ -60,6 +52,11 @@ def run_until(app: AppTest, done, seconds: float = 90) -> AppTest:
     raise AssertionError("the page never got there")
 
 
+def finished(app: AppTest) -> bool:
+    """Whether the page has collected a finished run (its state's `result`)."""
+    return "train_page" in app.session_state and app.session_state["train_page"].result is not None
+
+
 def epochs_drawn(app: AppTest) -> int:
     charts = [chart for chart in app.get("plotly_chart") if "loss" in chart.proto.spec]
     if not charts:
@@ -86,7 +83,7 @@ def test_training_grows_the_curves_and_ends_with_metrics(tiny_data):
     app.button(key="train").click().run()
     assert not app.exception and not app.error
     seen = set()
-    run_until(app, lambda a: seen.add(epochs_drawn(a)) or "train_result" in a.session_state)
+    run_until(app, lambda a: seen.add(epochs_drawn(a)) or finished(a))
     assert len(seen - {0}) >= 2, f"the curve never grew step by step: {seen}"
     assert "Done" in app.success[0].value
     assert {metric.label for metric in app.metric} >= {"Accuracy", "Specificity", "ROC AUC"}
@@ -107,7 +104,7 @@ def test_stop_ends_the_run_and_keeps_what_was_learned(tiny_data):
     run_until(app, lambda a: epochs_drawn(a) >= 1)
     assert not app.button(key="stop").disabled
     app.button(key="stop").click().run()
-    run_until(app, lambda a: "train_result" in a.session_state)
+    run_until(app, finished)
     assert "Stopped" in app.warning[0].value
     assert app.metric, "a stopped run still reports its validation metrics"
 
@@ -115,7 +112,7 @@ def test_stop_ends_the_run_and_keeps_what_was_learned(tiny_data):
 def test_the_split_lesson_trains_the_other_split_and_explains(tiny_data):
     app = small_cnn(open_train(), epochs=2)
     app.button(key="train").click().run()
-    run_until(app, lambda a: "train_result" in a.session_state)
+    run_until(app, finished)
     app.button(key="lesson").click().run()
     assert app.radio(key="set_split").value == "random"
     run_until(app, lambda a: any("Random against grouped" in h.value for h in a.subheader))
@@ -133,9 +130,9 @@ def test_an_ensemble_that_reads_the_density_trains_as_one_model_and_says_so(tiny
     assert app.query_params["density"] == "1"
     assert parameters_shown(app) > 2 * single
     app.button(key="train").click().run()
-    run_until(app, lambda a: "train_result" in a.session_state)
+    run_until(app, finished)
     assert not app.error and app.metric
-    model = app.session_state["train_result"][3]
+    model = app.session_state["train_page"].result.model
     assert model.get_layer("member_logits").output.shape[1:] == (2, 2)
     assert model.get_layer("features_and_distribution").output.shape[1] == 2
     app.selectbox(key="set_arch").set_value("mlp").run()

@@ -24,6 +24,10 @@ def test_the_chart_plots_each_epoch_and_the_lungs_area_as_a_dotted_line():
     assert BLIND_LABEL in figure.layout.annotations[0].text
 
 
+def finished(app: AppTest) -> bool:
+    return "train_page" in app.session_state and app.session_state["train_page"].result is not None
+
+
 def lung_charts(app: AppTest) -> list[dict]:
     specs = [json.loads(chart.proto.spec) for chart in app.get("plotly_chart")]
     return [spec for spec in specs if BLIND_LABEL in json.dumps(spec["layout"])]
@@ -47,11 +51,11 @@ def test_a_short_run_shows_the_lung_share_per_epoch_and_the_validation_sentence(
     app.button(key="train").click().run()
     assert not app.exception and not app.error
     deadline = time.monotonic() + 120
-    while "train_result" not in app.session_state and time.monotonic() < deadline:
+    while not finished(app) and time.monotonic() < deadline:
         time.sleep(0.2)
         app.run()
         assert not app.exception
-    assert "train_result" in app.session_state, "the run never finished"
+    assert finished(app), "the run never finished"
     charts = lung_charts(app)
     assert len(charts) == 1
     shares = charts[0]["data"][0]["y"]

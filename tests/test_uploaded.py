@@ -19,12 +19,9 @@ from ctdemo.io.slices import decode_slice, to_model_input
 from ctdemo.models import cards
 from ctdemo.models.cards import ModelLoadError
 from ctdemo.models.inference import model_input, predict_files
-from ctdemo.models.uploaded import (
-    CUSTOM_REFUSAL,
-    adapt_uploaded_model,
-    check_architecture,
-    read_uploaded_model,
-)
+from ctdemo.models.uploaded.adapt import adapt_uploaded_model
+from ctdemo.models.uploaded.load import read_uploaded_model
+from ctdemo.models.uploaded.safety import CUSTOM_REFUSAL, check_architecture
 
 pytestmark = pytest.mark.slow
 

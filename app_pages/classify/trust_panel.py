@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 
+from app_pages.classify import state
 from ctdemo.app import classify, resources
 from ctdemo.app.charts import deletion_chart, sanity_chart
 from ctdemo.app.resources import ExplanationKey
@@ -25,7 +26,7 @@ from ctdemo.explain.methods import (
     to_slice_geometry,
 )
 from ctdemo.explain.overlay import blend
-from ctdemo.io.slices import Window
+from ctdemo.io.dicom import Window
 
 if TYPE_CHECKING:
     import keras
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from ctdemo.explain.trust import HeatmapReport
 
 LAYER_KEY = "cam_layer"
-SANITY_KEY = "sanity_for"
 
 
 def explained(
@@ -143,8 +143,8 @@ def sanity_panel(
     from ctdemo.models.inference import model_input
 
     if st.button("Sanity check: randomise the model", key="sanity_button"):
-        st.session_state[SANITY_KEY] = key
-    if st.session_state.get(SANITY_KEY) != key:
+        state.update(sanity_for=key)
+    if state.page_state().sanity_for != key:
         st.caption(
             "A map that stays the same when the model's weights are random shows the image, "
             "not what the model learned (Adebayo et al., 2018)."

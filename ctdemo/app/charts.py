@@ -1,4 +1,5 @@
-"""Plotly figures for the pages: numbers in, figures out, no Streamlit.
+"""Plotly figures for the pages: numbers in, figures out; `curve_columns` alone draws (loss
+and accuracy side by side).
 
 Class and model names come from a visitor's folders and files, and plotly renders a subset of
 HTML in every label (`<b>`, `<a href>`, `<br>`): each name goes through `html.escape` here, so
@@ -8,12 +9,15 @@ it shows as written.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Mapping, Sequence
 
 import plotly.graph_objects as go
+import streamlit as st
 
 from ctdemo.app.classify import format_probability
 from ctdemo.explain.faithfulness import DeletionCurve
 
+CURVE_METRICS = ("loss", "accuracy")
 PREDICTED_COLOUR = "#d62728"
 OTHER_COLOUR = "#9aa5b1"
 
@@ -53,7 +57,7 @@ def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Fig
 
 
 def training_curves(
-    history: dict[str, list[float]],
+    history: Mapping[str, Sequence[float]],
     metric: str,
     best_epoch: int = 0,
     early_stop_epoch: int | None = None,
@@ -62,7 +66,7 @@ def training_curves(
     weights are kept) and the early-stopping point marked."""
     figure = go.Figure()
     for key, name, dash in ((metric, "train", "solid"), (f"val_{metric}", "validation", "dash")):
-        values = history.get(key) or []
+        values = list(history.get(key) or ())
         figure.add_scatter(
             x=list(range(1, len(values) + 1)),
             y=values,
@@ -88,6 +92,12 @@ def training_curves(
         legend={"orientation": "h", "y": 1.15},
     )
     return figure
+
+
+def curve_columns(figure: Callable[[str], go.Figure], key: str) -> None:
+    """Two columns, loss then accuracy, each the chart `figure(metric)` (keyed `{key}_{metric}`)."""
+    for column, metric in zip(st.columns(2), CURVE_METRICS, strict=True):
+        column.plotly_chart(figure(metric), key=f"{key}_{metric}", width="stretch")
 
 
 def _count_heatmap(
@@ -116,7 +126,9 @@ def confusion_matrix(matrix: list[list[int]], class_names: list[str]) -> go.Figu
     return figure
 
 
-def run_overlay(runs: list[tuple[str, dict]], metric: str) -> go.Figure:
+def run_overlay(
+    runs: Sequence[tuple[str, Mapping[str, Sequence[float]]]], metric: str
+) -> go.Figure:
     """Several runs' train (solid) and validation (dashed) `metric`, one colour per run."""
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
     figure = go.Figure()

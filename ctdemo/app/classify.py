@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ctdemo.io.slices import LUNG_WINDOW, SliceError, Window, declared_pixels, decode_slice
+from ctdemo.io.decoded import SliceError
+from ctdemo.io.dicom import LUNG_WINDOW, Window
+from ctdemo.io.slices import declared_pixels, decode_slice, is_dicom, to_model_input
 from ctdemo.models.cards import ModelCard
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ class SliceResult:
     pixels: np.ndarray | None = None  # the decoded slice, (height, width) in [0, 1]
     tags: dict[str, str] = field(default_factory=dict)
     probabilities: dict[str, float] | None = None
-    colour_fraction: float = 0.0  # of the file's pixels: CT slices are grey
+    colour_fraction: float = 0.0  # `DecodedSlice.colour_fraction`: CT slices are grey
     screening: OODResult | None = None
     error: str | None = None
 
@@ -78,13 +80,16 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def has_dicom(files: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether any (name, bytes) is a DICOM file: the page then offers its window."""
+    return any(is_dicom(data, name) for name, data in files)
+
+
 def decode_files(
     files: Sequence[tuple[str, bytes]], window: Window = LUNG_WINDOW
 ) -> list[SliceResult]:
     """Decode each (name, bytes); a file that is not a usable slice gets its error, and so
     does one whose declared pixels would take the batch past MAX_BATCH_PIXELS."""
-    from ctdemo.explain.ood import colour_fraction
-
     results = []
     budget = MAX_BATCH_PIXELS
     for name, data in files:
@@ -98,7 +103,7 @@ def decode_files(
         except SliceError as error:
             result.error = str(error)
         else:
-            result.colour_fraction = colour_fraction(data)
+            result.colour_fraction = decoded.colour_fraction
             result.source_format = decoded.source_format
             result.pixels = decoded.pixels
             result.tags = decoded.dicom_tags
@@ -145,8 +150,7 @@ def screen(
     """Ask of each decoded slice "is this a chest CT slice?" (`ctdemo.explain.ood`): its
     distance from the training slices in the features of `extractor`, plus the colour and
     blank cues."""
-    from ctdemo.explain.ood import extract_features
-    from ctdemo.io.slices import to_model_input
+    from ctdemo.explain.ood_model import extract_features
 
     decoded = [result for result in results if result.pixels is not None]
     if not decoded:

@@ -26,7 +26,7 @@ from ctdemo.models.cards import ModelCard
 if TYPE_CHECKING:
     import keras
 
-    from ctdemo.app.jobs import TrainingQueue
+    from ctdemo.app.queue import TrainingQueue
     from ctdemo.evaluation.compare import Comparison
     from ctdemo.evaluation.splits import SplitData, SplitSpec
     from ctdemo.explain.faithfulness import DeletionCurve
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ctdemo.explain.quality import ExplanationComparison
     from ctdemo.explain.sanity import RandomisationStep
     from ctdemo.io.folders import ArrayDataset
-    from ctdemo.models.uploaded import UploadedModelInfo
+    from ctdemo.models.uploaded.describe import UploadedModelInfo
 
 
 def _close_matplotlib_figures() -> None:
@@ -93,7 +93,7 @@ def ct_screen() -> tuple[keras.Model, OODDetector, int] | None:
     """The shipped CNN's "is this a chest CT slice?" check, used whatever model classifies:
     its features separate CT from other images, an MLP's do not (see `ctdemo.explain.ood`).
     (feature extractor, detector, input size), or None when no detector ships."""
-    from ctdemo.explain.ood import feature_extractor, load_detector
+    from ctdemo.explain.ood_model import feature_extractor, load_detector
 
     if not (WEIGHTS_DIR / f"{SCREENING_MODEL}.keras").is_file():
         return None
@@ -138,7 +138,7 @@ def get_model(key: str) -> tuple[keras.Model, ModelCard]:
 
 def read_own_model(data: bytes, filename: str) -> tuple[keras.Model, UploadedModelInfo]:
     """An uploaded model, read once per session and file (reruns reuse it)."""
-    from ctdemo.models.uploaded import read_uploaded_model
+    from ctdemo.models.uploaded.load import read_uploaded_model
 
     file_digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     held = st.session_state.get(OWN_MODEL_FILE)
@@ -158,7 +158,7 @@ def add_own_model(
     input_range_0_255: bool,
 ) -> str:
     """Adapt an uploaded model and make it this session's one own model; returns its key."""
-    from ctdemo.models.uploaded import adapt_uploaded_model
+    from ctdemo.models.uploaded.adapt import adapt_uploaded_model
 
     adapted, card = adapt_uploaded_model(
         model, info, class_names, outputs, positive_class, input_range_0_255, info.filename
@@ -256,7 +256,7 @@ def owner_id() -> str:
 @st.cache_resource(show_spinner=False)
 def training_queue() -> TrainingQueue:
     """The one training queue of this server process (one training at a time)."""
-    from ctdemo.app.jobs import default_queue
+    from ctdemo.app.queue import default_queue
 
     return default_queue()
 
@@ -284,7 +284,7 @@ def add_trained_model(job_id: str, label: str, model: keras.Model, card: ModelCa
 
 def validation_split(dataset: ArrayDataset, spec: SplitSpec) -> SplitData:
     """The split a training on `dataset` will use, kept for this session's last request."""
-    from ctdemo.app.jobs import validation_split as split_of
+    from ctdemo.evaluation.splits import make_split as split_of
 
     key = (id(dataset), spec)
     held = st.session_state.get(SPLIT_CACHE)
@@ -307,8 +307,8 @@ def comparison(
 ) -> Comparison:
     """Every chosen model on the same slices, computed once per (models, slices): the keys
     identify `_models` (not hashed)."""
-    from ctdemo.evaluation.compare import evaluate_models
     from ctdemo.io.folders import scan_image_folder
+    from ctdemo.models.evaluate import evaluate_models
 
     folder = scan_image_folder(root)
     keep = set(files)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ctdemo.app.jobs import JobSnapshot, JobStatus
 from ctdemo.app.train_settings import TrainSettings
 from ctdemo.models.cards import ModelCard
 
@@ -33,11 +34,13 @@ class RunRecord:
     history: dict[str, tuple[float, ...]]
     best_epoch: int
     early_stop_epoch: int | None
-    status: str
+    status: JobStatus
     accuracy: dict | None  # the card's validation accuracy interval, when measured
 
 
-def record(job_id: str, settings: TrainSettings, snapshot, card: ModelCard | None) -> RunRecord:
+def record(
+    job_id: str, settings: TrainSettings, snapshot: JobSnapshot, card: ModelCard | None
+) -> RunRecord:
     """A run's record from its job's final snapshot and card."""
     accuracy = card.validation.get("accuracy") if card is not None else None
     return RunRecord(
@@ -55,16 +58,18 @@ def record(job_id: str, settings: TrainSettings, snapshot, card: ModelCard | Non
 def run_label(settings: TrainSettings) -> str:
     ensemble = f" ×{settings.members}" if settings.is_cnn and settings.members > 1 else ""
     density = " + density" if settings.is_cnn and settings.density else ""
+    shortcut = settings.shortcut()
+    marker = f" · {shortcut.kind} on {shortcut.fraction:.0%} {shortcut.carrier}" if shortcut else ""
     return (
         f"{settings.arch}{ensemble}{density} · dropout {settings.dropout:g} · "
-        f"{settings.split} split · seed {settings.seed}"
+        f"{settings.split} split · seed {settings.seed}{marker}"
     )
 
 
-def keep(runs: list[RunRecord], run: RunRecord) -> list[RunRecord]:
+def keep(runs: tuple[RunRecord, ...], run: RunRecord) -> tuple[RunRecord, ...]:
     """The session's runs with `run` added (replacing one with the same id), newest last,
     at most MAX_RUNS."""
-    kept = [existing for existing in runs if existing.id != run.id] + [run]
+    kept = (*(existing for existing in runs if existing.id != run.id), run)
     return kept[-MAX_RUNS:]
 
 
@@ -73,7 +78,7 @@ def flipped_split(settings: TrainSettings) -> TrainSettings:
     return replace(settings, split="random" if settings.split == "grouped" else "grouped")
 
 
-def split_pair(runs: list[RunRecord]) -> tuple[RunRecord, RunRecord] | None:
+def split_pair(runs: tuple[RunRecord, ...]) -> tuple[RunRecord, RunRecord] | None:
     """The newest (grouped, random) pair of measured runs that differ only in the split."""
     measured = [run for run in runs if run.accuracy]
     for newer_index in range(len(measured) - 1, 0, -1):

@@ -34,10 +34,8 @@ def dataset_choices(limit: int = DATASET_CHOICES) -> list[Path]:
     source = resolve_data_source()
     if source.origin == "embedded demo set":
         return []
-    validation = []
-    for card in shipped_cards().values():
-        validation = card.validation.get("files", [])
-        break
+    cards = list(shipped_cards().values())
+    validation = cards[0].validation.get("files", []) if cards else []
     present = [source.train_dir / name for name in validation]
     present = [path for path in present if path.is_file()]
     step = max(1, len(present) // limit)  # spread over patients and both classes

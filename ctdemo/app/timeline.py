@@ -1,4 +1,5 @@
-"""The attention timeline's chart: the heat inside the lungs, epoch by epoch.
+"""The attention timeline's chart: the heat inside the lungs (and on a planted marker), epoch by
+epoch.
 
 A Grad-CAM frame shows where the CNN looks; this says how much of that look falls on the lungs,
 against the lungs' own share of the slice, which is what a map blind to anatomy would score.
@@ -14,11 +15,15 @@ BLIND_LABEL = "a map blind to anatomy"
 
 
 def lung_share_chart(
-    epochs: Sequence[int], shares: Sequence[float | None], lung_area: float
+    epochs: Sequence[int],
+    shares: Sequence[float | None],
+    lung_area: float,
+    marker_shares: Sequence[float | None] = (),
 ) -> go.Figure:
     """Each epoch's share of the attention slice's heat inside its lungs, with the lungs' area
-    as a dotted reference line (an epoch without a share is left as a gap). The axis has no
-    title: the caption above the chart names it, and a title crowds the line's label."""
+    as a dotted reference line (an epoch without a share is left as a gap), and, for a run
+    with a planted marker, the share on the marker. The axis has no title: the caption above
+    the chart names it, and a title crowds the line's label."""
     figure = go.Figure()
     figure.add_scatter(
         x=list(epochs),
@@ -27,6 +32,15 @@ def lung_share_chart(
         mode="lines+markers",
         hovertemplate="epoch %{x}: %{y:.0%} of the heat inside the lungs<extra></extra>",
     )
+    if any(share is not None for share in marker_shares):
+        figure.add_scatter(
+            x=list(epochs),
+            y=list(marker_shares),
+            name="heat on the marker",
+            mode="lines+markers",
+            line={"color": "#d62728"},
+            hovertemplate="epoch %{x}: %{y:.0%} of the heat on the marker<extra></extra>",
+        )
     figure.add_hline(
         y=lung_area,
         line_dash="dot",
@@ -39,6 +53,7 @@ def lung_share_chart(
         yaxis={"range": [0, 1], "tickformat": ".0%"},
         height=260,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        showlegend=False,
+        showlegend=any(share is not None for share in marker_shares),
+        legend={"orientation": "h", "y": -0.3},
     )
     return figure

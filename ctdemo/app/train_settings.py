@@ -14,6 +14,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from ctdemo.evaluation.shortcut import (
+    MAX_SIZE,
+    MIN_SIZE,
+    Corner,
+    MarkerKind,
+    Shortcut,
+    ValidationMarking,
+)
 from ctdemo.evaluation.splits import SPLIT_METHODS, SplitSpec
 from ctdemo.models.specs import (
     DEFAULT_QUANTILES,
@@ -32,6 +40,7 @@ BATCH_SIZES = (16, 32, 64, 128)
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 MAX_EPOCHS = 60
 MAX_LAYERS = 5
+MAX_CLASS_NAME = 100  # a shortcut's class name in a URL; class folders' names are shorter
 MAX_UNITS = 1024
 MAX_MEMBERS = 5
 """An ensemble of N small CNNs trains about N times slower: 5 keeps the page's default CNN
@@ -68,6 +77,12 @@ class TrainSettings:
     seed: int = 0
     members: int = 1  # CNN: copies trained side by side, logits averaged
     density: bool = False  # CNN: the head also reads the slice's intensity and edge quantiles
+    marker: str = ""  # a planted shortcut's marker kind, "" for none (`ctdemo.evaluation.shortcut`)
+    marker_class: str = "COVID"  # the class whose training slices carry it
+    marker_share: float = 1.0  # share of that class's training slices marked
+    marker_corner: str = Corner.TOP_LEFT.value
+    marker_size: float = 0.25  # of the slice's side
+    marker_validation: str = ValidationMarking.CLEAN.value
 
     @property
     def is_cnn(self) -> bool:
@@ -106,10 +121,25 @@ class TrainSettings:
     def split_spec(self) -> SplitSpec:
         return SplitSpec(method=self.split, val_fraction=self.val, seed=self.seed)
 
+    def shortcut(self) -> Shortcut | None:
+        """The planted shortcut, or None when no marker is chosen."""
+        if not self.marker:
+            return None
+        return Shortcut(
+            kind=self.marker,
+            carrier=self.marker_class,
+            fraction=self.marker_share,
+            corner=self.marker_corner,
+            size=self.marker_size,
+            validation=self.marker_validation,
+        )
+
     def to_query(self) -> dict[str, str]:
         """The settings as URL query parameters (strings only)."""
         query = {}
         for name, value in asdict(self).items():
+            if name.startswith("marker") and not self.marker:
+                continue  # no shortcut: its settings stay out of the link
             if isinstance(value, bool):
                 query[name] = "1" if value else "0"
             elif isinstance(value, tuple | list):
@@ -184,10 +214,34 @@ def _parse(name: str, text: str):
     if name == "size":
         return _nearest(int(text), IMAGE_SIZES)
     if name == "split":
-        if text not in SPLIT_METHODS:
-            raise ValueError(text)
+        return _one_of(text, SPLIT_METHODS)
+    return _parse_marker(name, text)
+
+
+def _parse_marker(name: str, text: str):
+    """A planted shortcut's setting from the URL (its class name is checked against the data
+    when the run is submitted)."""
+    if name == "marker":
+        return "" if not text else _one_of(text, [kind.value for kind in MarkerKind])
+    if name == "marker_class":
+        if not 0 < len(text) <= MAX_CLASS_NAME:
+            raise ValueError(name)
         return text
+    if name == "marker_share":
+        return round(_clamp(_finite(text), 0.0, 1.0), 2)
+    if name == "marker_size":
+        return round(_clamp(_finite(text), MIN_SIZE, MAX_SIZE), 2)
+    if name == "marker_corner":
+        return _one_of(text, [corner.value for corner in Corner])
+    if name == "marker_validation":
+        return _one_of(text, [marking.value for marking in ValidationMarking])
     raise ValueError(name)
+
+
+def _one_of(text: str, choices) -> str:
+    if text not in choices:
+        raise ValueError(text)
+    return text
 
 
 def _finite(text: str) -> float:
@@ -322,9 +376,14 @@ class TrainingCost:
         return self.seconds_per_epoch * self.epochs
 
 
-def estimate(config: TrainConfig, slices: int, classes: int, val_fraction: float) -> TrainingCost:
+def estimate(
+    config: TrainConfig, slices: int, classes: int, val_fraction: float, shortcut: bool = False
+) -> TrainingCost:
     """What training `config` on `slices` slices of `classes` classes would cost, counted from
-    its architecture (`ctdemo.models.specs.layer_costs`), not measured by building it."""
+    its architecture (`ctdemo.models.specs.layer_costs`), not measured by building it.
+
+    A planted `shortcut` adds the marked copies of the split (training and two validations)
+    and, every epoch, two more validation passes (clean and marked)."""
     architecture = config.architecture
     costs = layer_costs(architecture, classes)
     outputs = sum(cost.outputs for cost in costs)
@@ -332,12 +391,15 @@ def estimate(config: TrainConfig, slices: int, classes: int, val_fraction: float
     forward = max(config.batch_size, VALIDATION_BATCH) * outputs * INFERENCE_BYTES_PER_OUTPUT
     train_slices = max(1, round(slices * (1 - val_fraction)))
     parameters = sum(cost.parameters for cost in costs)
+    copies = DATA_COPIES + (1 + val_fraction if shortcut else 0)
+    # a forward pass is about a third of a training step's FLOPs; two of them per validation slice
+    probes = 1 + (2 * val_fraction / (3 * (1 - val_fraction)) if shortcut else 0)
     return TrainingCost(
         parameters=parameters,
         weight_bytes=4.0 * parameters * WEIGHT_COPIES,
         activation_bytes=max(step, forward),
-        data_bytes=4.0 * slices * architecture.image_size**2 * DATA_COPIES,
-        seconds_per_epoch=seconds_per_epoch(config, train_slices),
+        data_bytes=4.0 * slices * architecture.image_size**2 * copies,
+        seconds_per_epoch=seconds_per_epoch(config, train_slices) * probes,
         epochs=config.epochs,
         train_slices=train_slices,
     )

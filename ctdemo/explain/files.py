@@ -25,7 +25,8 @@ from PIL import Image
 from ctdemo.explain.overlay import blend, png_bytes
 from ctdemo.explain.saliency import available_methods
 from ctdemo.explain.trust import assess
-from ctdemo.io.slices import SliceError, decode_slice, read_slice_file
+from ctdemo.io.decoded import SliceError
+from ctdemo.io.slices import decode_slice, read_slice_file
 from ctdemo.models.cards import ModelCard
 from ctdemo.models.inference import NOT_A_NUMBER, is_number, model_input, probabilities
 

@@ -21,20 +21,14 @@ pass 99.98% of the time on average (the 99.5th percentile alone: 98.9%), and the
 generated non-CT image (a smooth colour gradient, seen in grey) is still 1.5 times the threshold
 away.
 
-The layer: a CNN's "features" layer (global average pooling of the last convolution, 128
-channel means in the shipped CNN), not the input of the logits layer. The dense head in between
-keeps only what separates COVID from non-COVID; on the shipped CNN its 64 features put a colour
-gradient (28.5) and a synthetic chest X-ray (29.8) inside the validation slices' spread (max
-28.8), while the 128 channel means put them at 38.6 and 51.0 against a validation maximum of
-22.5. A model without that layer (an MLP) uses the input of its last Dense layer; measured on
-the shipped MLP that representation cannot tell CT from non-CT (a blank page lands closer to
-the mean than most slices), so for an MLP the two cues below do most of the work, and a page
-may prefer the CNN's detector to guard any model.
+The layer the detector reads, and the model side (features, fitting, the file beside a model),
+are in `ctdemo.explain.ood_model`.
 
 Two cheap cues that need no model, checked first:
 - colour: every one of the 1,971 slices of the SARS-CoV-2 CT dataset is grey (red, green and
   blue never differ by more than 1/255), so a file in which more than 5% of the pixels are
-  clearly coloured (channels spread by more than 0.15) is a photo or a screenshot;
+  clearly coloured (`DecodedSlice.colour_fraction`, measured as the file is decoded) is a
+  photo or a screenshot;
 - blank: an image of almost one grey level (pixel standard deviation under 0.02; real slices
   have 0.09 or more) has no structure for a model to read: its answer would be its biases.
 
@@ -49,41 +43,22 @@ detector is never used with a model it was not fitted for.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
-
-from ctdemo.io.slices import PICTURE_FORMATS, decode_slice, is_dicom, to_model_input
-
-if TYPE_CHECKING:  # TensorFlow is imported only when features are extracted
-    import keras
-
-    from ctdemo.io.folders import ArrayDataset
-    from ctdemo.models.cards import ModelCard
 
 OOD_SUFFIX = ".ood.npz"
-FEATURES_LAYER = "features"
-"""A CNN's global-average-pooling layer (`ctdemo.models.architectures.build_cnn`): the
-detector's layer."""
 
 VALIDATION_QUANTILE = 0.995
 THRESHOLD_MARGIN = 1.25
 """Threshold = the validation distances' 99.5th percentile x 1.25 (see the module's text)."""
 
-COLOUR_SPREAD = 0.15
-"""A pixel is coloured when its red, green and blue differ by more than this (of full scale)."""
 COLOUR_FRACTION = 0.05
 """More than this fraction of coloured pixels: a colour picture, not a CT slice."""
-COLOUR_SIDE = 256
-"""The colour cue looks at the picture shrunk to at most this many pixels a side."""
 BLANK_STD = 0.02
 """Model inputs with a pixel standard deviation under this are blank (real slices: >= 0.09)."""
 
@@ -106,60 +81,6 @@ def ood_path(model_path: Path | str) -> Path:
     """`weights/cnn.keras` -> `weights/cnn.ood.npz` (like `ctdemo.models.cards.card_path`)."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.stem + OOD_SUFFIX)
-
-
-# --- Features ---------------------------------------------------------------------------------
-
-
-def penultimate_layer_input(model: keras.Model):
-    """The tensor entering the model's last Dense layer ("logits" in ours)."""
-    import keras
-
-    if "logits" in [layer.name for layer in model.layers]:
-        return model.get_layer("logits").input
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise ValueError(f"Model {model.name!r} has no Dense layer to take features before.")
-    return dense[-1].input
-
-
-def detector_layer(model: keras.Model) -> str | None:
-    """The layer the detector reads: FEATURES_LAYER when the model has it (our CNNs), else
-    None, meaning the input of the last Dense layer (see the module's text for why)."""
-    return FEATURES_LAYER if FEATURES_LAYER in [layer.name for layer in model.layers] else None
-
-
-def feature_extractor(model: keras.Model, layer: str | None = None) -> keras.Model:
-    """The sub-model from the model's input to a representation sharing its weights.
-
-    By default the penultimate representation: the input of the final "logits" Dense layer
-    (for other models, of the last Dense layer). With `layer`, that layer's output."""
-    import keras
-
-    output = penultimate_layer_input(model) if layer is None else model.get_layer(layer).output
-    return keras.Model(model.inputs, output, name=f"{model.name}_features")
-
-
-def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Features (n, d) as float64 for model inputs (n, size, size, channels), in batches."""
-    outputs = [
-        np.asarray(extractor.predict_on_batch(x[start : start + batch_size]))
-        for start in range(0, len(x), batch_size)
-    ]
-    if not outputs:
-        return np.zeros((0, int(np.prod(extractor.output_shape[1:]))), dtype=np.float64)
-    features = np.concatenate(outputs).astype(np.float64)
-    return features.reshape(len(features), -1)
-
-
-def model_digest(model: keras.Model) -> str:
-    """A digest of the model's weights: ties a detector to the model it was fitted for."""
-    digest = hashlib.blake2b(digest_size=16)
-    for weights in model.get_weights():
-        array = np.ascontiguousarray(weights)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
 
 
 # --- The maths --------------------------------------------------------------------------------
@@ -197,39 +118,6 @@ def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-# --- Image cues -------------------------------------------------------------------------------
-
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-def colour_fraction(data: bytes) -> float:
-    """Fraction of a picture's (opaque) pixels that are clearly coloured, from the file's bytes.
-
-    0 for grey files, DICOM and anything unreadable (decoding reports those itself). Looks at
-    every n-th pixel so that at most COLOUR_SIDE remain a side (about 7 ms for a 300 x 300 PNG,
-    most of it decoding)."""
-    if not data or is_dicom(data):
-        return 0.0
-    try:
-        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as image:
-            if image.mode in _GREY_MODES:
-                return 0.0
-            image.draft("RGB", (COLOUR_SIDE, COLOUR_SIDE))  # JPEG: decode at a fraction
-            step = max(1, -(-max(image.size) // COLOUR_SIDE))
-            size = (-(-image.width // step), -(-image.height // step))
-            sampled = image.resize(size, Image.Resampling.NEAREST)  # no full-size RGBA copy
-            rgba = sampled if sampled.mode in ("RGB", "RGBA") else sampled.convert("RGBA")
-            pixels = np.asarray(rgba)
-    except Exception:  # Pillow raises many types on hostile files; decode_slice explains
-        return 0.0
-    spread = pixels[..., :3].max(axis=-1) - pixels[..., :3].min(axis=-1)
-    if pixels.shape[-1] == 4:
-        spread = spread[pixels[..., 3] > 0]
-    if spread.size == 0:
-        return 0.0
-    return float(np.mean(spread > COLOUR_SPREAD * 255))
-
-
 # --- Results and the detector -----------------------------------------------------------------
 
 
@@ -243,16 +131,6 @@ class OODResult:
     reason: str  # one sentence for a person
     cue: str | None = None  # what flagged it: "colour", "blank", "features"; None if accepted
     colour_fraction: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "distance": round(self.distance, 3),
-            "threshold": round(self.threshold, 3),
-            "flagged": self.flagged,
-            "reason": self.reason,
-            "cue": self.cue,
-            "colour_fraction": round(self.colour_fraction, 4),
-        }
 
 
 @dataclass
@@ -338,7 +216,7 @@ class OODDetector:
         colour: np.ndarray | None = None,
     ) -> list[OODResult]:
         """One result per row of `features` (n, d). `pixel_std`: each model input's pixel
-        standard deviation (blank check); `colour`: each file's `colour_fraction`."""
+        standard deviation (blank check); `colour`: each slice's `DecodedSlice.colour_fraction`."""
         distances = np.atleast_1d(self.score(np.atleast_2d(features)))
         count = len(distances)
         pixel_std = np.full(count, np.inf) if pixel_std is None else np.atleast_1d(pixel_std)
@@ -347,22 +225,6 @@ class OODDetector:
             self._result(float(d), float(s), float(c))
             for d, s, c in zip(distances, pixel_std, colour, strict=True)
         ]
-
-    def check(
-        self, features: np.ndarray, pixel_std: float | None = None, colour: float = 0.0
-    ) -> OODResult:
-        """The result for one image's features (d,)."""
-        stds = None if pixel_std is None else np.array([pixel_std])
-        return self.assess(np.asarray(features)[np.newaxis], stds, np.array([colour]))[0]
-
-    def is_out_of_distribution(
-        self,
-        features: np.ndarray,
-        pixel_std: np.ndarray | None = None,
-        colour: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Boolean (n,): True where an image is unlike the training slices (see `assess`)."""
-        return np.array([r.flagged for r in self.assess(features, pixel_std, colour)], dtype=bool)
 
     def _result(self, distance: float, pixel_std: float, colour: float) -> OODResult:
         limit = self.threshold
@@ -507,87 +369,3 @@ def _describe(distances: np.ndarray) -> dict[str, float]:
         "p99": round(float(np.quantile(distances, 0.99)), 3),
         "max": round(float(np.max(distances)), 3),
     }
-
-
-# --- Fitting and using it with a model --------------------------------------------------------
-
-
-def fit_detector(
-    model: keras.Model,
-    train_x: np.ndarray,
-    val_x: np.ndarray,
-    layer: str | None = "auto",
-    quantile: float = VALIDATION_QUANTILE,
-    margin: float = THRESHOLD_MARGIN,
-) -> OODDetector:
-    """Fit a detector for `model` on its training and validation inputs (n, size, size, c).
-
-    `layer="auto"` takes `detector_layer(model)`; None the input of the last Dense layer."""
-    layer = detector_layer(model) if layer == "auto" else layer
-    extractor = feature_extractor(model, layer)
-    return OODDetector.fit(
-        extract_features(extractor, train_x),
-        extract_features(extractor, val_x),
-        quantile,
-        margin,
-        layer=layer,
-        model_digest=model_digest(model),
-    )
-
-
-def fit_detector_from_card(
-    model: keras.Model, card: ModelCard, dataset: ArrayDataset, **kwargs
-) -> OODDetector:
-    """Fit a detector for an already trained model: validation = the files its card lists,
-    training = every other file of `dataset` (the data it trained on, at its input size)."""
-    validation = set(card.validation.get("files", []))
-    if not validation:
-        raise ValueError(f"The card of {card.name!r} lists no validation files.")
-    is_val = np.array([file in validation for file in dataset.files])
-    missing = len(validation) - int(is_val.sum())
-    if missing:
-        raise ValueError(
-            f"{missing} of the card's {len(validation)} validation files are not in the data: "
-            "it is not the data this model was trained on."
-        )
-    if dataset.x.shape[1] != card.image_size:
-        raise ValueError(
-            f"The data is at {dataset.x.shape[1]} px; the model takes {card.image_size}."
-        )
-    x = dataset.x if card.channels == 1 else np.repeat(dataset.x, card.channels, axis=-1)
-    return fit_detector(model, x[~is_val], x[is_val], **kwargs)
-
-
-def load_detector(model_path: Path | str, model: keras.Model | None = None) -> OODDetector | None:
-    """The detector beside a model file, or None when there is none. With `model`, refuses
-    (`OODLoadError`) a detector fitted for other weights."""
-    path = ood_path(model_path)
-    if not path.is_file():
-        return None
-    detector = OODDetector.load(path)
-    if model is not None and detector.model_digest and detector.model_digest != model_digest(model):
-        raise OODLoadError(
-            f"{path.name} was fitted for other weights than {Path(model_path).name}; "
-            "fit it again (training writes it)."
-        )
-    return detector
-
-
-def check_file(
-    data: bytes,
-    extractor: keras.Model,
-    detector: OODDetector,
-    image_size: int,
-    channels: int = 1,
-    filename: str | None = None,
-    scale: float = 1.0,
-) -> OODResult:
-    """Check one uploaded file through the one preprocessing path (`decode_slice`,
-    `to_model_input`, times `scale`: the card's input scale). `extractor` is
-    `feature_extractor(model, detector.layer)`, built once per model. Raises
-    `ctdemo.io.slices.SliceError` for files that are not images."""
-    decoded = decode_slice(data, filename)
-    x = to_model_input(decoded.pixels, image_size, channels)[np.newaxis]
-    pixel_std = float(x.std())
-    features = extract_features(extractor, x if scale == 1.0 else x * np.float32(scale))[0]
-    return detector.check(features, pixel_std, colour_fraction(data))

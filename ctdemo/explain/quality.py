@@ -24,11 +24,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ctdemo.evaluation.compare import ALPHA
+from ctdemo.evaluation.paired import ALPHA
 from ctdemo.explain.methods import METHOD_LABELS, ExplanationError
 from ctdemo.explain.saliency import available_methods
 from ctdemo.explain.trust import Estimate, assess, estimate, paired_p_value
-from ctdemo.io.slices import SliceError, decode_slice, read_slice_file
+from ctdemo.io.decoded import SliceError
+from ctdemo.io.slices import decode_slice, read_slice_file
 from ctdemo.models.cards import ModelCard
 from ctdemo.models.inference import is_number, model_input, probabilities
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ctdemo import config
+from ctdemo.io.decoded import SliceError
 from ctdemo.io.slices import (
     IMAGE_EXTENSIONS,
-    SliceError,
     declared_pixels,
     decode_slice,
     read_slice_file,

@@ -9,7 +9,7 @@ dataset (`ctdemo.io.folders.scan_image_folder`: at least two class folders, none
 that are not images skipped and counted) and only then renamed into place, so a failed import leaves
 nothing behind and a finished one is whole. The folder is named by a digest of the bytes: the
 same upload again reuses it. Each image's pixel count is capped later, when it is decoded
-(`ctdemo.io.slices.MAX_PIXELS`; an oversized image is skipped with its reason).
+(`ctdemo.io.limits.MAX_PIXELS`; an oversized image is skipped with its reason).
 
 A zip holding `train/` (and `test/`) folders is accepted too: `train/` is the dataset.
 """

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ctdemo.config import WEIGHTS_DIR
-from ctdemo.io.slices import LUNG_WINDOW
+from ctdemo.io.dicom import LUNG_WINDOW
 
 CARD_SUFFIX = ".card.json"
 MAX_MODEL_BYTES = 50 * 1024 * 1024
@@ -54,6 +54,9 @@ class ModelCard:
     stop_reason: str = ""
     training_seconds: float = 0.0
     validation: dict = field(default_factory=dict)
+    shortcut: dict = field(
+        default_factory=dict
+    )  # a marker planted in training (the Train page's lab)
     parameters: int = 0
     versions: dict = field(default_factory=dict)
     created: str = ""

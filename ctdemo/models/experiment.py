@@ -7,15 +7,20 @@ Shared by the CLI and the Train page, so a model trained in the browser carries 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from ctdemo.evaluation.metrics import classification_report
+from ctdemo.evaluation.shortcut import PlantedSplit, Shortcut, plant
 from ctdemo.evaluation.splits import SplitData, SplitSpec, make_split
-from ctdemo.explain.ood import OODDetector, detector_layer, fit_detector, ood_path
+from ctdemo.explain.marker import marker_heat
+from ctdemo.explain.ood import OODDetector, ood_path
+from ctdemo.explain.ood_model import detector_layer, fit_detector
+from ctdemo.explain.saliency import last_conv_layer
+from ctdemo.explain.trust import estimate
 from ctdemo.io.folders import ArrayDataset, load_arrays
 from ctdemo.models.cards import ModelCard, default_positive_class, preprocessing_spec
 from ctdemo.models.inference import NOT_A_NUMBER, probabilities, slices_per_batch
@@ -72,14 +77,24 @@ def train_on_arrays(
     on_batch: BatchCallback | None = None,
     stop_event: threading.Event | None = None,
     on_epoch_model: ModelCallback | None = None,
+    shortcut: Shortcut | None = None,
 ) -> tuple[TrainResult, ModelCard]:
     """Split, train, measure on the validation split, and write the card; fit the run's
     out-of-distribution detector (`result.detector`, summary in `card.data["ood"]`).
 
+    With a `shortcut`, its marker is planted on copies of the split (`plant`): the model
+    trains and stops early on the marked arrays, every epoch also measures clean and marked
+    validation (`clean_accuracy`, `marked_accuracy`), and the card records the shortcut.
     A run whose loss turned NaN is not measured (its weights may be NaN): its card's
     `validation` holds the explanation under "error" and it has no detector."""
     split = make_split(dataset, spec, groups_csv)
-    result = train(config, split.train, split.val, on_epoch, on_batch, stop_event, on_epoch_model)
+    planted = plant(split, shortcut, config.seed) if shortcut is not None else None
+    if planted is not None:
+        split = SplitData(planted.train, planted.val, split.spec)
+    probes = {"clean": planted.clean, "marked": planted.marked} if planted else None
+    result = train(
+        config, split.train, split.val, on_epoch, on_batch, stop_event, on_epoch_model, probes
+    )
     card = ModelCard(
         name=name,
         class_names=dataset.class_names,
@@ -104,6 +119,7 @@ def train_on_arrays(
         best_epoch=result.best_epoch,
         stop_reason=result.stop_reason,
         training_seconds=round(result.seconds, 1),
+        shortcut=_shortcut_record(shortcut, planted),
     )
     detector = None
     if result.stop_reason == "nan":
@@ -115,6 +131,8 @@ def train_on_arrays(
             "also used for early stopping and choosing the best epoch"
         )
         card.validation["files"] = split.val.files
+        if planted is not None:
+            card.shortcut |= measure_shortcut(result.model, card, planted)
         detector = fit_ood(result.model, split, card)
     values = {item.name: getattr(result, item.name) for item in fields(TrainResult)}
     return ExperimentResult(**values, detector=detector), card
@@ -155,6 +173,33 @@ def train_on_folder(
 ) -> tuple[TrainResult, ModelCard]:
     dataset = load_arrays(data_dir, config.architecture.image_size)
     return train_on_arrays(dataset, config, spec, name, data_path=str(data_dir), **kwargs)
+
+
+def measure_shortcut(model: keras.Model, card: ModelCard, planted: PlantedSplit) -> dict:
+    """Accuracy on clean and on marked validation, and (for a CNN) the Grad-CAM heat on the
+    marker over the marked slices, against the marker's share of the slice."""
+    measured = {
+        "clean_accuracy": evaluate(model, card, planted.clean)["accuracy"],
+        "marked_accuracy": evaluate(model, card, planted.marked)["accuracy"],
+        "marker_area": float(planted.mask.mean()),
+    }
+    if last_conv_layer(model) is not None and len(planted.carrying):
+        x, y = planted.marked.x[planted.carrying], planted.marked.y[planted.carrying]
+        heat = estimate(marker_heat(model, x, y, planted.mask))
+        measured["marker_heat"] = asdict(heat) if heat else None
+    return measured
+
+
+def _shortcut_record(shortcut: Shortcut | None, planted: PlantedSplit | None) -> dict:
+    """What the card says of a planted shortcut, so a downloaded model says it too."""
+    if shortcut is None or planted is None:
+        return {}
+    return {
+        **shortcut.to_dict(),
+        "description": shortcut.describe(),
+        "marked_train_slices": planted.marked_train_slices,
+        "warning": "trained with a planted shortcut: it may read the marker, not the lungs",
+    }
 
 
 def _counts(dataset: ArrayDataset) -> dict[str, int]:

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 
 from ctdemo.evaluation.metrics import softmax
-from ctdemo.io.slices import SliceError, decode_slice, read_slice_file, to_model_input
+from ctdemo.io.decoded import SliceError
+from ctdemo.io.slices import decode_slice, read_slice_file, to_model_input
 from ctdemo.models.cards import ModelCard
 from ctdemo.models.training import predict_logits
 

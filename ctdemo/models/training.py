@@ -117,8 +117,13 @@ class _Reporter(keras.callbacks.Callback):
         on_epoch_model: ModelCallback | None = None,
         shown_model: keras.Model | None = None,
         deadline: float = math.inf,
+        probes: dict[str, ArrayDataset] | None = None,
     ):
         super().__init__()
+        self.probes = probes or {}
+        self.probe_history: dict[str, list[float]] = {
+            f"{name}_accuracy": [] for name in self.probes
+        }
         self.deadline = deadline
         self.shown_model = shown_model  # given to on_epoch_model; the fitted model by default
         self.steps = steps
@@ -149,10 +154,16 @@ class _Reporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
+        shown = self.shown_model or self.model
         if self.on_epoch_model is not None:  # before on_epoch: epoch N's extras precede its point
-            self.on_epoch_model(self.shown_model or self.model, epoch + 1)
+            self.on_epoch_model(shown, epoch + 1)
+        values = {key: float(value) for key, value in (logs or {}).items()}
+        for name, data in self.probes.items():
+            predicted = np.argmax(predict_logits(shown, data.x, VALIDATION_BATCH), axis=-1)
+            values[f"{name}_accuracy"] = float(np.mean(predicted == data.y))
+            self.probe_history[f"{name}_accuracy"].append(values[f"{name}_accuracy"])
         if self.on_epoch is not None:
-            self.on_epoch(epoch + 1, {key: float(value) for key, value in (logs or {}).items()})
+            self.on_epoch(epoch + 1, values)
 
 
 class _SwapAveragedWeights(keras.callbacks.SwapEMAWeights):
@@ -268,11 +279,14 @@ def train(
     on_batch: BatchCallback | None = None,
     stop_event: threading.Event | None = None,
     on_epoch_model: ModelCallback | None = None,
+    probes: dict[str, ArrayDataset] | None = None,
 ) -> TrainResult:
     """Train a fresh model of `config.architecture` and return it with its history.
 
     `on_epoch_model(model, epoch)` is called at the end of every epoch with the weights the
-    validation saw (the averaged ones when weight averaging is on); it must not change them."""
+    validation saw (the averaged ones when weight averaging is on); it must not change them.
+    Each of `probes` (e.g. clean and marked validation) is measured at every epoch's end with
+    those weights, as `<name>_accuracy` in the epoch's logs and the history."""
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.architecture, len(train_data.class_names))
     fitted = fitted_part(model)
@@ -281,7 +295,9 @@ def train(
     started = time.perf_counter()
     limit = config.time_limit_seconds
     deadline = math.inf if limit is None else started + limit
-    reporter = _Reporter(steps, on_epoch, on_batch, stop_event, on_epoch_model, model, deadline)
+    reporter = _Reporter(
+        steps, on_epoch, on_batch, stop_event, on_epoch_model, model, deadline, probes
+    )
     restore = _RestoreBest()
     callbacks: list[keras.callbacks.Callback] = [reporter, restore]
     if config.weight_averaging:  # first, so the others see the averaged weights at epoch end
@@ -301,6 +317,7 @@ def train(
         verbose=0,
     )
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
+    history |= reporter.probe_history
     epochs_run = len(history.get("loss", []))
     reason, message = "completed", ""
     if reporter.stop_reason == "nan":
