@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,22 @@ def tiny_data(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "tiny", per_class=30, size=32)
     monkeypatch.setenv("CTDEMO_DATA_DIR", str(root))
     return root
+
+
+def zip_bytes(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip holding `entries` (name -> bytes), written in memory."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as bundle:
+        for name, payload in entries.items():
+            bundle.writestr(zipfile.ZipInfo(name), payload, compress_type=compression)
+    return buffer.getvalue()
+
+
+def zip_folder(root: Path, prefix: str = "") -> bytes:
+    """Zip every file under root, as a person zipping a dataset folder would."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                bundle.write(path, prefix + path.relative_to(root).as_posix())
+    return buffer.getvalue()

@@ -256,6 +256,7 @@ def case_model() -> Callable[[], str]:
 def case_settings() -> Callable[[], str]:
     """A shared Train link at the largest settings: what the page does before Start."""
     from ctdemo.app import train_settings
+    from ctdemo.models import training_cost
 
     query = {
         "arch": "cnn",
@@ -269,10 +270,10 @@ def case_settings() -> Callable[[], str]:
 
     def run() -> str:
         settings = train_settings.from_query(query)
-        cost = train_settings.estimate(settings.config(), 1971, 2, settings.val)  # full data
+        cost = training_cost.estimate(settings.config(), 1971, 2, settings.val)  # full data
         try:
-            train_settings.check_cost(cost, train_settings.SHARED_SERVER)
-        except train_settings.TooCostly as error:
+            training_cost.check_cost(cost, training_cost.SHARED_SERVER)
+        except training_cost.TooCostly as error:
             return f"refused: {error}"
         return "accepted"
 

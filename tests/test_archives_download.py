@@ -25,28 +25,10 @@ from ctdemo.io.archives import ArchiveError, ArchiveLimits, find_dataset_root, s
 from ctdemo.io.download import MARKER, DownloadError, download_dataset, is_complete
 from ctdemo.io.folders import scan_image_folder
 
-from conftest import make_image_folder
+from conftest import make_image_folder, zip_bytes, zip_folder
 from loopback import LoopbackServer, serving
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def zip_bytes(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as bundle:
-        for name, payload in entries.items():
-            bundle.writestr(zipfile.ZipInfo(name), payload, compress_type=compression)
-    return buffer.getvalue()
-
-
-def zip_folder(root: Path, prefix: str = "") -> bytes:
-    """Zip every file under root, as a person zipping a dataset folder would."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                bundle.write(path, prefix + path.relative_to(root).as_posix())
-    return buffer.getvalue()
 
 
 def all_files(folder: Path) -> set[str]:

@@ -24,11 +24,16 @@ def saved_model(folder: Path, kind: str) -> Path:
     """A tiny untrained CNN or MLP saved with its card (explaining needs no training)."""
     import keras
 
-    from ctdemo.models.architectures import build_cnn, build_mlp
+    from ctdemo.models.architectures import build_model
     from ctdemo.models.saving import save_model
+    from ctdemo.models.specs import Architecture
 
     keras.utils.set_random_seed(3)
-    model = build_cnn(24, 2, (4,), (8,), 0.0) if kind == "cnn" else build_mlp(24, 2, (8,), 0.0)
+    model = (
+        build_model(Architecture("cnn", 24, 0.0, filters=(4,), hidden_units=(8,)), 2)
+        if kind == "cnn"
+        else build_model(Architecture("mlp", 24, 0.0, hidden_units=(8,)), 2)
+    )
     card = ModelCard(f"tiny-{kind}", ["COVID", "non-COVID"], "COVID", preprocessing_spec(24), {})
     path = folder / f"{kind}.keras"
     save_model(model, card, path)

@@ -21,28 +21,10 @@ from ctdemo.io.uploads import (
     uploads_dir,
 )
 
-from conftest import make_image_folder
+from conftest import make_image_folder, zip_bytes, zip_folder
 
 OWNER = "session-1"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32  # a name with an image extension is all a scan needs
-
-
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for name, payload in entries.items():
-            bundle.writestr(zipfile.ZipInfo(name), payload, compress_type=zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
-
-
-def zip_folder(root: Path, prefix: str = "") -> bytes:
-    """Zip every file under root, as a person zipping a dataset folder would."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                bundle.write(path, prefix + path.relative_to(root).as_posix())
-    return buffer.getvalue()
 
 
 def symlink_zip() -> bytes:

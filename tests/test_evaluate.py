@@ -31,10 +31,11 @@ def decoded_slices(root, files) -> evaluate.LabelledSlices:
 
 
 def tiny_models():
-    from ctdemo.models.architectures import build_cnn, build_mlp
+    from ctdemo.models.architectures import build_model
+    from ctdemo.models.specs import Architecture
 
-    mlp = build_mlp(24, 2, (8,), 0.0)
-    cnn = build_cnn(32, 2, (4,), (8,), 0.0)
+    mlp = build_model(Architecture("mlp", 24, 0.0, hidden_units=(8,)), 2)
+    cnn = build_model(Architecture("cnn", 32, 0.0, filters=(4,), hidden_units=(8,)), 2)
     return {
         "mlp": (mlp, card("mlp", 24)),
         "cnn": (cnn, card("cnn", 32, classes=["non-COVID", "COVID"])),  # other class order

@@ -35,10 +35,9 @@ from ctdemo.io.uploads import import_zip_dataset, owner_dir, remove_stale_upload
 from ctdemo.models.cards import ModelCard, json_safe
 from ctdemo.models.specs import Architecture
 
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, make_image_folder, zip_folder
 from loopback import LoopbackServer, serving
 from test_cli import run_cli
-from test_dataset_upload import zip_folder
 
 OWNER = "hostile-visitor"
 TINY_MLP = Architecture("mlp", 24, 0.2, hidden_units=(8,))

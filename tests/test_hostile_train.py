@@ -31,12 +31,7 @@ from ctdemo.app.train_settings import (
     LEARNING_RATES,
     MAX_EPOCHS,
     MAX_MEMBERS,
-    SHARED_SERVER,
-    CostLimits,
-    TooCostly,
-    check_cost,
     defaults,
-    estimate,
     from_query,
 )
 from ctdemo.evaluation import splits
@@ -46,6 +41,7 @@ from ctdemo.models import architectures, experiment
 from ctdemo.models.architectures import build_model
 from ctdemo.models.specs import PRESETS, Architecture, TrainConfig, parameter_count
 from ctdemo.models.training import train
+from ctdemo.models.training_cost import SHARED_SERVER, CostLimits, TooCostly, check_cost, estimate
 
 from conftest import ROOT
 
@@ -71,7 +67,7 @@ def no_model_built(monkeypatch):
         calls.append(args)
         raise AssertionError("a model was built")
 
-    for name in ("build_model", "build_cnn", "build_mlp"):
+    for name in ("build_model", "_build_cnn", "_build_mlp"):
         monkeypatch.setattr(architectures, name, refuse)
     return calls
 

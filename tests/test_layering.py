@@ -26,6 +26,8 @@ TENSORFLOW_FREE = ["ctdemo.config", "ctdemo.io", "ctdemo.evaluation"]
 PLAIN_DATA_MODULES = [
     "ctdemo.models.specs",
     "ctdemo.models.cards",
+    "ctdemo.models.training_cost",
+    "ctdemo.explain.ood",
     "ctdemo.explain.methods",
     "ctdemo.explain.lungs",
     "ctdemo.explain.faithfulness",

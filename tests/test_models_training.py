@@ -10,7 +10,7 @@ import pytest
 
 from ctdemo.evaluation.splits import SplitSpec
 from ctdemo.io.folders import load_arrays
-from ctdemo.models.architectures import build_cnn, build_mlp, build_model
+from ctdemo.models.architectures import build_model
 from ctdemo.models.cards import ModelLoadError, card_path
 from ctdemo.models.experiment import evaluate, train_on_folder
 from ctdemo.models.saving import load_model, save_model
@@ -24,8 +24,10 @@ TINY_MLP = Architecture("mlp", 24, 0.2, hidden_units=(16, 8))
 
 
 def test_builders_output_one_logit_per_class():
-    mlp = build_mlp(24, 3, (16, 8), 0.5)
-    cnn = build_cnn(32, 3, (4, 8), (8,), 0.2, convs_per_block=2)
+    mlp = build_model(Architecture("mlp", 24, 0.5, hidden_units=(16, 8)), 3)
+    cnn = build_model(
+        Architecture("cnn", 32, 0.2, filters=(4, 8), hidden_units=(8,), convs_per_block=2), 3
+    )
     x = np.random.default_rng(0).random((2, 24, 24, 1), dtype=np.float32)
     assert mlp(x).shape == (2, 3)
     assert cnn(np.zeros((2, 32, 32, 1), np.float32)).shape == (2, 3)
@@ -203,7 +205,7 @@ def test_cards_written_before_input_scaling_was_a_choice_read_as_per_image():
 
 @pytest.mark.parametrize("scaling", ["fixed", "per-image"])
 def test_a_cnn_reads_density_only_with_fixed_scaling(scaling):
-    model = build_cnn(16, 2, (4,), (), 0.0, input_scaling=scaling)
+    model = build_model(Architecture("cnn", 16, 0.0, filters=(4,), input_scaling=scaling), 2)
     slices = np.random.default_rng(0).random((2, 16, 16, 1)).astype("float32")
     change = np.abs(np.asarray(model(slices * 0.5)) - np.asarray(model(slices))).max()
     # Per-image standardisation maps a dimmer copy onto the same input (up to its epsilon).
@@ -213,8 +215,11 @@ def test_a_cnn_reads_density_only_with_fixed_scaling(scaling):
 def test_the_distribution_gives_a_per_image_cnn_its_density_back():
     """Per-image standardisation maps a dimmer copy onto the same input; the quantiles beside
     the pooled features still tell the head how dense the slice is."""
-    model = build_cnn(
-        16, 2, (4,), (), 0.0, input_scaling="per-image", features="pixels+distribution"
+    model = build_model(
+        Architecture(
+            "cnn", 16, 0.0, filters=(4,), input_scaling="per-image", features="pixels+distribution"
+        ),
+        2,
     )
     slices = np.random.default_rng(0).random((2, 16, 16, 1)).astype("float32")
     change = np.abs(np.asarray(model(slices * 0.5)) - np.asarray(model(slices))).max()
@@ -225,7 +230,7 @@ def test_the_distribution_gives_a_per_image_cnn_its_density_back():
     ]
     assert "quantiles" in Architecture("cnn", 96, 0.2, features="pixels+distribution").in_model()
     with pytest.raises(ValueError, match="Unknown CNN features"):
-        build_cnn(16, 2, (4,), (), 0.0, features="distribution")
+        build_model(Architecture("cnn", 16, 0.0, filters=(4,), features="distribution"), 2)
 
 
 def test_an_ensemble_with_the_distribution_trains_and_round_trips(tiny_dataset, tmp_path):

@@ -322,17 +322,18 @@ def test_feature_extractor_returns_the_input_of_the_logits_layer():
     import keras
 
     from ctdemo.explain.ood_model import detector_layer, extract_features, feature_extractor
-    from ctdemo.models.architectures import build_cnn, build_mlp
+    from ctdemo.models.architectures import build_model
+    from ctdemo.models.specs import Architecture
 
     x = np.random.default_rng(5).random((3, 24, 24, 1)).astype(np.float32)
-    cnn = build_cnn(24, 2, (4, 8), (6,), 0.1)
+    cnn = build_model(Architecture("cnn", 24, 0.1, filters=(4, 8), hidden_units=(6,)), 2)
     penultimate = extract_features(feature_extractor(cnn), x)
     assert penultimate.shape == (3, 6)
     kernel, bias = cnn.get_layer("logits").get_weights()
     np.testing.assert_allclose(penultimate @ kernel + bias, cnn.predict(x, verbose=0), atol=1e-5)
     assert detector_layer(cnn) == "features"
     assert extract_features(feature_extractor(cnn, "features"), x).shape == (3, 8)
-    mlp = build_mlp(24, 2, (16, 5), 0.5)
+    mlp = build_model(Architecture("mlp", 24, 0.5, hidden_units=(16, 5)), 2)
     assert detector_layer(mlp) is None
     assert extract_features(feature_extractor(mlp), x).shape == (3, 5)
     # Generic: a model whose last Dense layer has another name.

@@ -68,10 +68,15 @@ def test_an_empty_data_folder_gets_a_note_then_the_cards(tmp_path, monkeypatch):
 def tiny_model(kind: str, size: int, seed: int):
     import keras
 
-    from ctdemo.models.architectures import build_cnn, build_mlp
+    from ctdemo.models.architectures import build_model
+    from ctdemo.models.specs import Architecture
 
     keras.utils.set_random_seed(seed)
-    model = build_cnn(size, 2, (4,), (8,), 0.0) if kind == "cnn" else build_mlp(size, 2, (8,), 0.0)
+    model = (
+        build_model(Architecture("cnn", size, 0.0, filters=(4,), hidden_units=(8,)), 2)
+        if kind == "cnn"
+        else build_model(Architecture("mlp", size, 0.0, hidden_units=(8,)), 2)
+    )
     card = ModelCard(f"tiny-{kind}", ["COVID", "non-COVID"], "COVID", preprocessing_spec(size), {})
     return SessionModel(f"Tiny {kind}", model, card)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from ctdemo.app.text import plain
 
-from conftest import ROOT
+from conftest import ROOT, zip_bytes
 
 pytestmark = pytest.mark.slow
 TINY = "Full dataset (CTDEMO_DATA_DIR)"
@@ -155,14 +154,6 @@ def test_a_shared_url_opens_with_its_settings():
     assert app.radio(key="set_split").value == "random"
 
 
-def zip_of(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as bundle:
-        for name, data in entries.items():
-            bundle.writestr(name, data)
-    return buffer.getvalue()
-
-
 def png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((16, 16), 90, np.uint8)).save(buffer, format="PNG")
@@ -172,9 +163,9 @@ def png() -> bytes:
 @pytest.mark.parametrize(
     ("name", "data", "message"),
     [
-        ("escape.zip", zip_of({"../evil.png": png(), "a/x.png": png(), "b/y.png": png()}), ".."),
-        ("one.zip", zip_of({"COVID/a.png": png(), "COVID/b.png": png()}), "at least two"),
-        ("text.zip", zip_of({"a/notes.txt": b"hi", "b/more.txt": b"ho"}), "image"),
+        ("escape.zip", zip_bytes({"../evil.png": png(), "a/x.png": png(), "b/y.png": png()}), ".."),
+        ("one.zip", zip_bytes({"COVID/a.png": png(), "COVID/b.png": png()}), "at least two"),
+        ("text.zip", zip_bytes({"a/notes.txt": b"hi", "b/more.txt": b"ho"}), "image"),
         ("notazip.zip", b"this is not a zip file at all", "zip"),
     ],
     ids=["path-traversal", "one-class", "no-images", "not-a-zip"],

@@ -13,13 +13,12 @@ from ctdemo.app.train_settings import (
     PAGE_BATCH_SIZE,
     TrainSettings,
     defaults,
-    forward_flops,
     from_query,
     parse_units,
-    seconds_per_epoch,
 )
 from ctdemo.models.architectures import build_model
 from ctdemo.models.specs import PRESETS
+from ctdemo.models.training_cost import forward_flops, seconds_per_epoch
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

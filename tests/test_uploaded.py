@@ -23,6 +23,8 @@ from ctdemo.models.uploaded.adapt import adapt_uploaded_model
 from ctdemo.models.uploaded.load import read_uploaded_model
 from ctdemo.models.uploaded.safety import CUSTOM_REFUSAL, check_architecture
 
+from conftest import zip_bytes
+
 pytestmark = pytest.mark.slow
 
 RNG = np.random.default_rng(7)
@@ -272,21 +274,13 @@ def tiny_model(units: int = 2) -> keras.Model:
     return keras.Sequential(layers)
 
 
-def keras_zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in entries.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     ("data", "filename", "message"),
     [
         (b"", "empty.keras", "is empty"),
         (b"not a zip at all" * 20, "garbage.keras", "not a Keras file"),
         (b"not hdf5 at all" * 20, "garbage.h5", "not an HDF5 file"),
-        (keras_zip({"notes.txt": b"hello"}), "notes.keras", "not a Keras model"),
+        (zip_bytes({"notes.txt": b"hello"}), "notes.keras", "not a Keras model"),
         (b"\x00" * 100, "model.pt", "not a .keras or .h5 file"),
         (b"\x00" * 100, "model", "not a .keras or .h5 file"),
     ],
@@ -304,7 +298,7 @@ def test_a_keras_zip_with_extra_entries_is_refused(tmp_path, no_loading):
         entries = {name: archive.read(name) for name in archive.namelist()}
     entries["assets/../../evil.py"] = b"print('hi')"
     with pytest.raises(ModelLoadError, match="holds more than a Keras model"):
-        read_uploaded_model(keras_zip(entries), "extra.keras")
+        read_uploaded_model(zip_bytes(entries), "extra.keras")
 
 
 def test_an_oversize_file_is_refused(tmp_path, monkeypatch, no_loading):
@@ -326,14 +320,14 @@ def test_damaged_weights_are_refused(tmp_path):
     entries = keras_entries(tiny_model(), tmp_path)
     entries["model.weights.h5"] = b"\x89HDF\r\n\x1a\n" + b"\x00" * 64
     with pytest.raises(ModelLoadError, match="is damaged"):
-        read_uploaded_model(keras_zip(entries), "damaged.keras")
+        read_uploaded_model(zip_bytes(entries), "damaged.keras")
 
 
 def test_a_keras_failure_while_loading_is_a_load_error(tmp_path):
     entries = keras_entries(tiny_model(), tmp_path)
     entries["model.weights.h5"] = keras_entries(tiny_model(3), tmp_path)["model.weights.h5"]
     with pytest.raises(ModelLoadError, match=r"could not be loaded as a Keras model: .+"):
-        read_uploaded_model(keras_zip(entries), "mismatch.keras")
+        read_uploaded_model(zip_bytes(entries), "mismatch.keras")
 
 
 def test_weights_that_link_outside_the_file_are_refused(tmp_path, no_loading):
@@ -477,9 +471,10 @@ def test_inference_multiplies_inputs_by_the_cards_scale(tmp_path):
 
 
 def test_our_own_distribution_mlp_is_accepted_and_explained(tmp_path):
-    from ctdemo.models.architectures import build_mlp
+    from ctdemo.models.architectures import build_model
+    from ctdemo.models.specs import Architecture
 
-    model = build_mlp(16, 2, (8,), 0.5, features="distribution")
+    model = build_model(Architecture("mlp", 16, 0.5, hidden_units=(8,), features="distribution"), 2)
     loaded, info = read_uploaded_model(saved(model, tmp_path, "ours.keras"), "ours.keras")
     adapted, _ = adapt_uploaded_model(loaded, info, ["COVID", "non-COVID"], "logits")
     x = random_images(16, 1)
@@ -500,10 +495,12 @@ def test_a_forged_module_behind_our_layers_name_is_refused():
 
 
 def test_our_cnn_ensemble_is_accepted_and_grad_cam_reads_every_member(tmp_path):
-    from ctdemo.models.architectures import build_cnn
-    from ctdemo.models.specs import LAST_CONV
+    from ctdemo.models.architectures import build_model
+    from ctdemo.models.specs import LAST_CONV, Architecture
 
-    model = build_cnn(16, 2, (4, 8), (8,), 0.1, members=3)
+    model = build_model(
+        Architecture("cnn", 16, 0.1, filters=(4, 8), hidden_units=(8,), members=3), 2
+    )
     loaded, info = read_uploaded_model(saved(model, tmp_path, "ensemble.keras"), "ensemble.keras")
     assert info.last_conv == LAST_CONV
     adapted, _ = adapt_uploaded_model(loaded, info, ["COVID", "non-COVID"], "logits")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ctdemo.app.catalog import card_sections, shipped_cards
-from ctdemo.app.charts import training_curves
+from ctdemo.app.charts import curve_columns, training_curves
 from ctdemo.app.classify import CAUTION
 
 st.title("About ctdemo")
@@ -51,17 +51,14 @@ cards = shipped_cards()
 if not cards:
     st.info("No shipped models found in weights/. The README says how to build them.")
 for name, card in cards.items():
-    st.subheader(f"{name}: {card.architecture.get('kind', '?').upper()}")
+    st.subheader(f"{name}: {card.kind}")
     sections = card_sections(card)
     columns = st.columns(2)
     for index, (title, rows) in enumerate(sections.items()):
         with columns[index % 2]:
             st.markdown(f"**{title}**")
             st.table(rows)
-    curves = st.columns(2)
-    for column, metric in zip(curves, ("loss", "accuracy"), strict=True):
-        column.plotly_chart(
-            training_curves(card.history, metric, card.best_epoch),
-            key=f"about_{name}_{metric}",
-            width="stretch",
-        )
+    curve_columns(
+        lambda metric, card=card: training_curves(card.history, metric, card.best_epoch),
+        f"about_{name}",
+    )

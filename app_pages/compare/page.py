@@ -47,7 +47,7 @@ except (ValueError, DatasetError) as error:
     st.error(f"These models cannot be compared on these slices: {plain(error)}")
     st.stop()
 
-splits = {card.split.get("method", "?") for card in cards.values() if card.split}
+splits = {card.split_method for card in cards.values() if card.split}
 st.caption(
     f"Evaluated on {result.n} slices: {plain(unseen.note)} The models' own splits: "
     f"{', '.join(sorted(splits)) or 'unknown'}; each card's validation split also chose its "

@@ -6,26 +6,28 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages.train.state import Submitted, update
-from ctdemo.app import resources, runs, shortcut_lab, train_settings
+from ctdemo.app import resources, runs, shortcut_lab
 from ctdemo.app.queue import QueueFull
 from ctdemo.app.text import plain
-from ctdemo.app.train_settings import SHARED_SERVER, TooCostly, TrainSettings, memory_text
+from ctdemo.app.train_settings import TrainSettings
 from ctdemo.io.folders import ArrayDataset, DatasetError
+from ctdemo.models import training_cost
 from ctdemo.models.specs import duration
+from ctdemo.models.training_cost import SHARED_SERVER, TooCostly, memory_text
 
 
 def affordable(settings: TrainSettings, dataset: ArrayDataset) -> bool:
     """Parameters, memory and a rough time, counted before anything is built; an error and
     False for settings past what one training may cost on this server."""
     classes, planted = len(dataset.class_names), settings.shortcut() is not None
-    cost = train_settings.estimate(settings.config(), len(dataset), classes, settings.val, planted)
+    cost = training_cost.estimate(settings.config(), len(dataset), classes, settings.val, planted)
     st.caption(
         f"**{cost.parameters:,} parameters** · about {memory_text(cost.memory_bytes)} of memory "
         f"· about {cost.seconds_per_epoch:.1f} s per epoch on this server "
         f"({cost.train_slices} training slices), up to {duration(cost.seconds)} in all."
     )
     try:
-        train_settings.check_cost(cost, SHARED_SERVER)
+        training_cost.check_cost(cost, SHARED_SERVER)
     except TooCostly as error:
         st.error(str(error))
         return False

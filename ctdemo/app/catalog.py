@@ -14,17 +14,17 @@ def shipped_model_summaries(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
     rows = []
     for name, card in shipped_cards(weights_dir).items():
         accuracy = card.validation.get("accuracy", {})
-        split = f"{card.split.get('method')} ({card.split.get('group_source')})"
+        split = f"{card.split_method} ({card.group_source})"
         rows.append(
             {
                 "model": name,
-                "architecture": card.architecture.get("kind", "?").upper(),
+                "architecture": card.kind,
                 "input": f"{card.image_size}×{card.image_size} grey",
                 "parameters": card.parameters,
                 "validation accuracy": _interval_text(accuracy),
                 "ROC AUC": _interval_text(card.validation.get("roc_auc", {})),
                 "validation split": split,
-                "validation slices": card.validation.get("n"),
+                "validation slices": card.validation_slices,
             }
         )
     return rows
@@ -75,7 +75,7 @@ def card_sections(card: ModelCard) -> dict[str, list[dict[str, str]]]:
             "train / validation slices": (
                 f"{data.get('train_slices', '–')} / {data.get('validation_slices', '–')}"
             ),
-            "split": f"{card.split.get('method', '?')} ({card.split.get('group_source', '–')})",
+            "split": f"{card.split_method} ({card.group_source})",
             "validation is": validation.get("split", "–"),
         },
         "Validation (95% intervals)": {

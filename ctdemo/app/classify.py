@@ -201,31 +201,29 @@ def format_probability(probability: float) -> str:
 
 def accuracy_statement(card: ModelCard) -> str:
     """How well the model did on slices it never trained on, and how that was measured."""
-    accuracy = card.validation.get("accuracy")
-    if not accuracy:
+    accuracy = card.validation_accuracy
+    if accuracy is None or card.validation_slices is None:
         return "This model's accuracy is unknown: it has no validation results in its card."
-    split = card.split.get("method", "?")
-    source = card.split.get("group_source", "")
     how = (
-        f"whole patients held out by a grouped split ({source})"
-        if split == "grouped"
+        f"whole patients held out by a grouped split ({card.group_source})"
+        if card.split_method == "grouped"
         else "a random split of slices, which flatters accuracy on this dataset"
     )
     return (
-        f"Validation accuracy {accuracy['value']:.1%} (95% CI {accuracy['low']:.1%}–"
-        f"{accuracy['high']:.1%}) on {card.validation.get('n', '?')} slices from {how}."
+        f"Validation accuracy {accuracy.value:.1%} (95% CI {accuracy.low:.1%}–"
+        f"{accuracy.high:.1%}) on {card.validation_slices} slices from {how}."
     )
 
 
 def explanation_note(card: ModelCard) -> str | None:
     """What a model's heatmap can and cannot show, where that is not a place on the slice."""
-    if card.architecture.get("features") == "distribution":
+    if card.features == "distribution":
         return (
             "This MLP reads how bright the slice is and how sharp its edges are, not where "
             "things are: its saliency is spread over every pixel whose brightness or edge rank "
             "sways the answer, not gathered on a region. Compare the CNN's Grad-CAM."
         )
-    if card.architecture.get("features") == "pixels+distribution":
+    if card.features == "pixels+distribution":
         return (
             "Besides what its convolutions see, this CNN's last layers read how bright the "
             "whole slice is and how sharp its edges are (the MLP's cue). A heatmap shows only "

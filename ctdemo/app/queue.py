@@ -26,11 +26,11 @@ from dataclasses import replace
 
 from ctdemo.app.job_runner import check_runnable, failure_message, run_job
 from ctdemo.app.jobs import JobStatus, TrainingJob
-from ctdemo.app.train_settings import SHARED_SERVER, CostLimits, check_cost, estimate
 from ctdemo.evaluation.shortcut import Shortcut
 from ctdemo.evaluation.splits import SplitSpec
 from ctdemo.io.folders import ArrayDataset
 from ctdemo.models.specs import TrainConfig
+from ctdemo.models.training_cost import SHARED_SERVER, CostLimits, check_cost, estimate
 
 DEFAULT_SLOTS = 1
 """Trainings at once: on a 2-core server two trainings each run at about half speed."""

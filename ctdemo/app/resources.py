@@ -109,8 +109,7 @@ def shipped_labels() -> dict[str, str]:
     """Model key → label for the shipped models, from their cards (no TensorFlow)."""
     labels = {}
     for name, card in shipped_cards().items():
-        kind = card.architecture.get("kind", "?").upper()
-        labels[SHIPPED_PREFIX + name] = f"Shipped {kind} ({name}, {card.image_size} px)"
+        labels[SHIPPED_PREFIX + name] = f"Shipped {card.kind} ({name}, {card.image_size} px)"
     return labels
 
 

@@ -282,7 +282,8 @@ def card_comparison(cards: Mapping[str, ModelCard]) -> list[TableRow]:
     slices; there are no paired tests and no model is marked better. A card without
     validation numbers shows "–"."""
     splits = ", ".join(
-        f"{name}: {card.validation.get('n', '?')} slices" for name, card in cards.items()
+        f"{name}: {card.validation_slices or 'no'} validation slices"
+        for name, card in cards.items()
     )
     positives = sorted({card.positive_class for card in cards.values()} - {None})
     recorded = "as recorded in the card (Wilson 95%; bootstrap for F1 and ROC AUC)"

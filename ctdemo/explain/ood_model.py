@@ -29,7 +29,7 @@ from ctdemo.explain.ood import (
 )
 
 FEATURES_LAYER = "features"
-"""A CNN's global-average-pooling layer (`ctdemo.models.architectures.build_cnn`): the
+"""A CNN's global-average-pooling layer (`ctdemo.models.architectures.build_model`): the
 detector's layer."""
 
 

@@ -26,29 +26,11 @@ on 50-step epochs, validation then sees stale statistics and jumps from epoch to
 
 
 def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
-    if architecture.kind == "mlp":
-        return build_mlp(
-            architecture.image_size,
-            num_classes,
-            architecture.hidden_units,
-            architecture.dropout,
-            architecture.features,
-            architecture.input_scaling,
-        )
-    if architecture.kind == "cnn":
-        return build_cnn(
-            architecture.image_size,
-            num_classes,
-            architecture.filters,
-            architecture.hidden_units,
-            architecture.dropout,
-            architecture.convs_per_block,
-            architecture.batch_norm,
-            architecture.input_scaling,
-            architecture.members,
-            architecture.features,
-        )
-    raise ValueError(f"Unknown architecture kind {architecture.kind!r} (mlp or cnn).")
+    """A fresh model of `architecture` with one logit per class."""
+    builders = {"mlp": _build_mlp, "cnn": _build_cnn}
+    if architecture.kind not in builders:
+        raise ValueError(f"Unknown architecture kind {architecture.kind!r} (mlp or cnn).")
+    return builders[architecture.kind](architecture, num_classes)
 
 
 def _scaled_input(image_size: int, scaling: str) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -62,20 +44,14 @@ def _scaled_input(image_size: int, scaling: str) -> tuple[keras.KerasTensor, ker
     raise ValueError(f"Unknown input scaling {scaling!r} (one of {', '.join(INPUT_SCALINGS)}).")
 
 
-def build_mlp(
-    image_size: int,
-    num_classes: int,
-    hidden_units: tuple[int, ...],
-    dropout: float,
-    features: str = "pixels",
-    input_scaling: str = "fixed",
-) -> keras.Model:
+def _build_mlp(architecture: Architecture, num_classes: int) -> keras.Model:
     """Input features through ReLU layers, each followed by dropout, to class logits.
 
     `features`: "pixels", the scaled slice flattened (what the first seed did), or
     "distribution", its intensity and edge-strength quantiles (`IntensityEdgeQuantiles`)."""
+    image_size, features = architecture.image_size, architecture.features
     if features == "pixels":
-        slices, x = _scaled_input(image_size, input_scaling)
+        slices, x = _scaled_input(image_size, architecture.input_scaling)
         x = layers.Flatten(name="pixels")(x)
     elif features == "distribution":
         slices = keras.Input((image_size, image_size, 1), name="slice")
@@ -83,25 +59,14 @@ def build_mlp(
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="distribution_norm")(x)
     else:
         raise ValueError(f"Unknown MLP features {features!r} (one of {', '.join(MLP_FEATURES)}).")
-    for index, units in enumerate(hidden_units, start=1):
+    for index, units in enumerate(architecture.hidden_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"hidden_{index}")(x)
-        x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
+        x = layers.Dropout(architecture.dropout, name=f"dropout_{index}")(x)
     logits = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(slices, logits, name="mlp")
 
 
-def build_cnn(
-    image_size: int,
-    num_classes: int,
-    filters: tuple[int, ...],
-    dense_units: tuple[int, ...],
-    dropout: float,
-    convs_per_block: int = 1,
-    batch_norm: bool = True,
-    input_scaling: str = "fixed",
-    members: int = 1,
-    features: str = "pixels",
-) -> keras.Model:
+def _build_cnn(architecture: Architecture, num_classes: int) -> keras.Model:
     """Blocks of 3x3 convolutions and max-pooling, global average pooling, a dense head;
     with `features` "pixels+distribution" the head also reads the slice's quantiles.
 
@@ -110,16 +75,16 @@ def build_cnn(
     into one layer (`LAST_CONV`) that every head reads its own channels from, so Grad-CAM of
     the averaged logit over that layer is the ensemble's, exactly. Training fits each member
     on its own loss (`MEMBER_LOGITS`), so members do not co-adapt."""
+    features, members, filters = architecture.features, architecture.members, architecture.filters
+    batch_norm, dropout = architecture.batch_norm, architecture.dropout
     if features not in CNN_FEATURES:
         raise ValueError(f"Unknown CNN features {features!r} (one of {', '.join(CNN_FEATURES)}).")
-    slices, x = _scaled_input(image_size, input_scaling)
+    slices, x = _scaled_input(architecture.image_size, architecture.input_scaling)
     if members == 1:
-        x = _convolutions(x, filters, convs_per_block, batch_norm, dropout, "", LAST_CONV)
+        x = _convolutions(x, architecture, "", LAST_CONV)
     else:
         maps = [
-            _convolutions(
-                x, filters, convs_per_block, batch_norm, dropout, f"m{m}_", f"m{m}_{LAST_CONV}"
-            )
+            _convolutions(x, architecture, f"m{m}_", f"m{m}_{LAST_CONV}")
             for m in range(1, members + 1)
         ]
         x = layers.Concatenate(name=LAST_CONV)(maps)
@@ -130,7 +95,7 @@ def build_cnn(
         x = layers.Reshape((members, filters[-1]), name="per_member")(x)
     if features == "pixels+distribution":
         x = _with_distribution(slices, x, members)
-    for index, units in enumerate(dense_units, start=1):
+    for index, units in enumerate(architecture.hidden_units, start=1):
         x = layers.Dropout(dropout, name=f"head_dropout_{index}")(x)
         x = _dense(members, units, f"dense_{index}", "relu")(x)
     x = layers.Dropout(dropout, name="logits_dropout")(x)
@@ -154,16 +119,12 @@ def _with_distribution(
 
 
 def _convolutions(
-    x: keras.KerasTensor,
-    filters: tuple[int, ...],
-    convs_per_block: int,
-    batch_norm: bool,
-    dropout: float,
-    prefix: str,
-    last_name: str,
+    x: keras.KerasTensor, architecture: Architecture, prefix: str, last_name: str
 ) -> keras.KerasTensor:
     """The convolution blocks up to the last convolution's output (before its batch norm:
     Grad-CAM reads it there)."""
+    filters, convs_per_block = architecture.filters, architecture.convs_per_block
+    batch_norm, dropout = architecture.batch_norm, architecture.dropout
     for block, width in enumerate(filters, start=1):
         for conv in range(1, convs_per_block + 1):
             is_last = block == len(filters) and conv == convs_per_block

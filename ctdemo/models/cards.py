@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ctdemo.config import WEIGHTS_DIR
+from ctdemo.evaluation.numbers import Interval
 from ctdemo.io.dicom import LUNG_WINDOW
 
 CARD_SUFFIX = ".card.json"
@@ -74,6 +75,36 @@ class ModelCard:
         """What our [0, 1] input is multiplied by before the model sees it: 1 for our models,
         255 for an uploaded model that rescales raw 0-255 pixels itself."""
         return float(self.input.get("scale", 1.0))
+
+    @property
+    def kind(self) -> str:
+        """ "MLP" or "CNN" (or "model" for a card that does not say), as a person reads it."""
+        return str(self.architecture.get("kind", "model")).upper()
+
+    @property
+    def features(self) -> str:
+        """What the model reads: "pixels", "distribution" or "pixels+distribution"."""
+        return str(self.architecture.get("features", "pixels"))
+
+    @property
+    def split_method(self) -> str:
+        """ "grouped", "random", or "unknown" for a card without its split."""
+        return str(self.split.get("method", "unknown"))
+
+    @property
+    def group_source(self) -> str:
+        return str(self.split.get("group_source", "unknown"))
+
+    @property
+    def validation_accuracy(self) -> Interval | None:
+        """Accuracy on the validation split with its 95% interval; None if not measured."""
+        accuracy = self.validation.get("accuracy")
+        return Interval.from_dict(accuracy) if accuracy else None
+
+    @property
+    def validation_slices(self) -> int | None:
+        count = self.validation.get("n")
+        return None if count is None else int(count)
 
     @property
     def positive_index(self) -> int | None:
