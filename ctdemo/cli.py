@@ -21,6 +21,8 @@ from ctdemo.cli_parser import build_parser
 from ctdemo.models.training_cost import CostLimits, check_cost, estimate
 
 if TYPE_CHECKING:  # TensorFlow loads for the commands that need it, not for --help
+    import tensorflow as tf
+
     from ctdemo.explain.files import ExplainedFile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    strategy = _strategy(args.distribute)  # first: before TensorFlow starts its devices
     from dataclasses import replace
 
     from ctdemo.evaluation.splits import SplitSpec
@@ -151,6 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         on_epoch=on_epoch,
         on_batch=on_batch,
         shortcut=shortcut,
+        strategy=strategy,
     )
     if result.stop_reason == "nan":
         raise CliError(result.message)
@@ -177,6 +181,24 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print(f"no is-this-CT check saved: {ood.get('error', 'not fitted')}", file=sys.stderr)
     return 0
+
+
+def _strategy(name: str | None) -> tf.distribute.Strategy | None:
+    """The `--distribute` strategy, on `CTDEMO_LOGICAL_CPUS` logical CPUs where that is set
+    (a stand-in for several GPUs, used by the tests); None without the option."""
+    if name is None:
+        return None
+    from ctdemo.models.distribution import LOGICAL_CPUS, make_strategy, split_cpu
+
+    if os.environ.get(LOGICAL_CPUS):
+        split_cpu(os.environ[LOGICAL_CPUS])
+    if name == "multi-worker" and not os.environ.get("TF_CONFIG"):
+        print(
+            "note: no TF_CONFIG: multi-worker trains with this process as its only worker",
+            file=sys.stderr,
+        )
+    with _native_stderr_silenced():
+        return make_strategy(name)
 
 
 def machine_limits() -> CostLimits:

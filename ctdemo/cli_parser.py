@@ -16,6 +16,7 @@ from ctdemo.explain.methods import METHODS
 
 PRESET_NAMES = ("mlp", "cnn", "cnn-large", "seed-1-mlp", "seed-2-cnn")
 MAX_MEMBERS = 8  # an ensemble's training time and memory grow with its members
+STRATEGIES = ("mirrored", "multi-worker")  # ctdemo.models.distribution makes them
 
 
 class Parser(argparse.ArgumentParser):
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[marking.value for marking in ValidationMarking],
         default=ValidationMarking.CLEAN.value,
         help="validation slices: clean (default), marked the same way, or flipped",
+    )
+    train.add_argument(
+        "--distribute",
+        choices=STRATEGIES,
+        help="fit under tf.distribute: mirrored (this machine's GPUs) or multi-worker "
+        "(one worker for now); --batch-size stays the global batch (docs/distributed.md)",
     )
 
     evaluate = commands.add_parser("evaluate", help="metrics on every image of a folder")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ctdemo.evaluation.metrics import classification_report
 from ctdemo.evaluation.shortcut import PlantedSplit, Shortcut, plant
@@ -23,6 +24,7 @@ from ctdemo.explain.saliency import last_conv_layer
 from ctdemo.explain.trust import estimate
 from ctdemo.io.folders import ArrayDataset, load_arrays
 from ctdemo.models.cards import ModelCard, default_positive_class, preprocessing_spec
+from ctdemo.models.distribution import record
 from ctdemo.models.inference import NOT_A_NUMBER, probabilities, slices_per_batch
 from ctdemo.models.saving import save_model
 from ctdemo.models.specs import TrainConfig
@@ -78,6 +80,7 @@ def train_on_arrays(
     stop_event: threading.Event | None = None,
     on_epoch_model: ModelCallback | None = None,
     shortcut: Shortcut | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[TrainResult, ModelCard]:
     """Split, train, measure on the validation split, and write the card; fit the run's
     out-of-distribution detector (`result.detector`, summary in `card.data["ood"]`).
@@ -86,14 +89,23 @@ def train_on_arrays(
     trains and stops early on the marked arrays, every epoch also measures clean and marked
     validation (`clean_accuracy`, `marked_accuracy`), and the card records the shortcut.
     A run whose loss turned NaN is not measured (its weights may be NaN): its card's
-    `validation` holds the explanation under "error" and it has no detector."""
+    `validation` holds the explanation under "error" and it has no detector. A run under a
+    `strategy` says so in `card.training["distribution"]`."""
     split = make_split(dataset, spec, groups_csv)
     planted = plant(split, shortcut, config.seed) if shortcut is not None else None
     if planted is not None:
         split = SplitData(planted.train, planted.val, split.spec)
     probes = {"clean": planted.clean, "marked": planted.marked} if planted else None
     result = train(
-        config, split.train, split.val, on_epoch, on_batch, stop_event, on_epoch_model, probes
+        config,
+        split.train,
+        split.val,
+        on_epoch,
+        on_batch,
+        stop_event,
+        on_epoch_model,
+        probes,
+        strategy,
     )
     card = ModelCard(
         name=name,
@@ -103,7 +115,8 @@ def train_on_arrays(
             config.architecture.image_size, in_model=config.architecture.in_model()
         ),
         architecture=config.architecture.to_dict(),
-        training=config.to_dict(),
+        training=config.to_dict()
+        | ({} if strategy is None else {"distribution": record(strategy, config.batch_size)}),
         split=split.spec.to_dict(),
         data={
             "path": data_path,

@@ -7,11 +7,15 @@ weights validated, kept and saved are an exponential moving average of the train
 Early stopping watches validation loss and the best epoch's weights are restored however the
 run ends; a stop event and a time limit are honoured at the next batch; a loss that turns NaN
 ends the run with an explanation. An epoch hook (`on_epoch_model`) may look at the model as
-validated at the end of each epoch, e.g. to draw where it looks as it learns.
+validated at the end of each epoch, e.g. to draw where it looks as it learns. Given a
+`tf.distribute` strategy (`ctdemo.models.distribution`), the model is built, compiled and
+fitted under it, and the model returned is a plain single-device copy of the fitted weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import threading
 import time
@@ -24,6 +28,7 @@ import tensorflow as tf
 
 from ctdemo.io.folders import ArrayDataset
 from ctdemo.models.architectures import build_model
+from ctdemo.models.distribution import check_batch, shard_by_data, validation_batch
 from ctdemo.models.specs import MEMBER_LOGITS, VALIDATION_BATCH, TrainConfig, duration
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -89,12 +94,17 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def input_pipeline(
-    data: ArrayDataset, batch_size: int, seed: int, training: bool, augment: bool
+    data: ArrayDataset,
+    batch_size: int,
+    seed: int,
+    training: bool,
+    augment: bool,
+    full_batches: bool = False,
 ) -> tf.data.Dataset:
     pipeline = tf.data.Dataset.from_tensor_slices((data.x, data.y))
     if training:
         pipeline = pipeline.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
-    pipeline = pipeline.batch(batch_size)
+    pipeline = pipeline.batch(batch_size, drop_remainder=full_batches)
     if training and augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         pipeline = tf.data.Dataset.zip(pipeline, seeds).map(
@@ -271,6 +281,29 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
     optimizer.build(model.trainable_variables)
 
 
+def _pipelines(
+    config: TrainConfig,
+    train_data: ArrayDataset,
+    val_data: ArrayDataset,
+    strategy: tf.distribute.Strategy | None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training and validation pipelines; under a strategy, sharded by slice, training in
+    full batches only and validation in batches every replica has a share of (`check_batch`)."""
+    if strategy is None:
+        return (
+            input_pipeline(train_data, config.batch_size, config.seed, True, config.augment),
+            input_pipeline(val_data, VALIDATION_BATCH, config.seed, False, False),
+        )
+    replicas = strategy.num_replicas_in_sync
+    check_batch(config.batch_size, len(train_data), replicas)
+    val_batch = validation_batch(VALIDATION_BATCH, len(val_data), replicas)
+    training = input_pipeline(
+        train_data, config.batch_size, config.seed, True, config.augment, full_batches=True
+    )
+    validation = input_pipeline(val_data, val_batch, config.seed, False, False)
+    return shard_by_data(training), shard_by_data(validation)
+
+
 def train(
     config: TrainConfig,
     train_data: ArrayDataset,
@@ -280,18 +313,23 @@ def train(
     stop_event: threading.Event | None = None,
     on_epoch_model: ModelCallback | None = None,
     probes: dict[str, ArrayDataset] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> TrainResult:
     """Train a fresh model of `config.architecture` and return it with its history.
 
     `on_epoch_model(model, epoch)` is called at the end of every epoch with the weights the
     validation saw (the averaged ones when weight averaging is on); it must not change them.
     Each of `probes` (e.g. clean and marked validation) is measured at every epoch's end with
-    those weights, as `<name>_accuracy` in the epoch's logs and the history."""
+    those weights, as `<name>_accuracy` in the epoch's logs and the history. With a
+    `strategy`, `config.batch_size` is the global batch, split among the replicas."""
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.architecture, len(train_data.class_names))
-    fitted = fitted_part(model)
     steps = math.ceil(len(train_data) / config.batch_size)
-    compile_model(fitted, config, steps)
+    if strategy is not None:  # full batches only (`_pipelines`)
+        steps = len(train_data) // config.batch_size
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config.architecture, len(train_data.class_names))
+        fitted = fitted_part(model)
+        compile_model(fitted, config, steps)
     started = time.perf_counter()
     limit = config.time_limit_seconds
     deadline = math.inf if limit is None else started + limit
@@ -308,9 +346,10 @@ def train(
             monitor="val_loss", patience=config.patience, restore_best_weights=False
         )
         callbacks.append(early_stopping)
+    training, validation = _pipelines(config, train_data, val_data, strategy)
     fit = fitted.fit(
-        input_pipeline(train_data, config.batch_size, config.seed, True, config.augment),
-        validation_data=input_pipeline(val_data, VALIDATION_BATCH, config.seed, False, False),
+        training,
+        validation_data=validation,
         epochs=config.epochs,
         callbacks=callbacks,
         shuffle=False,  # the pipeline shuffles, reproducibly
@@ -338,7 +377,7 @@ def train(
         reason = "early stopping"
         message = f"Validation loss did not improve for {config.patience} epochs."
     return TrainResult(
-        model=model,
+        model=model if strategy is None else single_device_copy(model, config, train_data),
         history=history,
         best_epoch=restore.best_epoch or epochs_run,
         epochs_run=epochs_run,
@@ -349,11 +388,26 @@ def train(
     )
 
 
+def single_device_copy(
+    model: keras.Model, config: TrainConfig, train_data: ArrayDataset
+) -> keras.Model:
+    """A model built outside any strategy holding `model`'s weights: what a distributed run
+    returns, so that measuring, explaining and saving it run as after a plain run."""
+    copy = build_model(config.architecture, len(train_data.class_names))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits for model inputs, in compiled batches (no per-call data-adapter overhead)."""
+    """Logits for model inputs, in compiled batches (no per-call data-adapter overhead).
+
+    A model built under a multi-replica strategy is called directly: its `predict_on_batch`
+    gives every replica the whole batch and returns each row once per replica."""
+    predict = model.predict_on_batch
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        predict = functools.partial(model, training=False)
     outputs = [
-        np.asarray(model.predict_on_batch(x[start : start + batch_size]))
-        for start in range(0, len(x), batch_size)
+        np.asarray(predict(x[start : start + batch_size])) for start in range(0, len(x), batch_size)
     ]
     if not outputs:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
