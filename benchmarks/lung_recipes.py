@@ -1,9 +1,11 @@
 """Ask the models: does a recipe made to look at the lungs change accuracy and where the CNN looks?
 
     python benchmarks/lung_recipes.py [DATA_DIR] [--splits 0 1 2] [--epochs 20]
+        [--preset cnn] [--recipes "whole slice" "lung crop"]
 
 On each grouped split (seed 0, 1, 2) of DATA_DIR (default: the embedded demo bundle), the Train
-page's default CNN (48 px) is trained four ways, with the rough lung mask of every slice
+page's default CNN (48 px; `--preset cnn-large` for the shipped CNN's architecture, with the
+page's settings for it: batches of 16) is trained four ways (or the `--recipes` named), with the rough lung mask of every slice
 (`ctdemo.explain.lungs.segment_lungs` at the model's input size):
 - whole slice: as today;
 - masked in training: training slices with everything outside the lungs set to black,
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 import cv2
 import numpy as np
 
-from ctdemo.app.train_settings import TrainSettings
+from ctdemo.app.train_settings import TrainSettings, defaults
 from ctdemo.config import DEMO_BUNDLE_DIR
 from ctdemo.evaluation.splits import make_split
 from ctdemo.explain.lungs import heat_share, segment_lungs
@@ -101,12 +103,11 @@ def heat_inside(model, data: ArrayDataset, masks: np.ndarray) -> dict[str, float
     }
 
 
-def run(data: ArrayDataset, seed: int, epochs: int) -> dict[str, dict]:
-    settings = replace(TrainSettings(seed=seed), epochs=epochs)
+def run(data: ArrayDataset, settings: TrainSettings, recipes: list[str]) -> dict[str, dict]:
     split = make_split(data, settings.split_spec())
     train_masks, val_masks = lung_masks(split.train.x), lung_masks(split.val.x)
     rows = {}
-    for recipe in RECIPES:
+    for recipe in recipes:
         started = time.perf_counter()
         train_data, val_data, masks = recipe_data(
             recipe, split.train, split.val, train_masks, val_masks
@@ -119,7 +120,7 @@ def run(data: ArrayDataset, seed: int, epochs: int) -> dict[str, dict]:
             "seconds": round(time.perf_counter() - started, 1),
             **heat_inside(result.model, val_data, masks),
         }
-        print(seed, recipe, json.dumps(rows[recipe]), flush=True)
+        print(settings.seed, recipe, json.dumps(rows[recipe]), flush=True)
     return rows
 
 
@@ -127,15 +128,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", type=Path, default=DEMO_BUNDLE_DIR)
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, help="default: the preset's (at most 60)")
+    parser.add_argument("--preset", default="cnn", help="a CNN preset (ctdemo.models.specs)")
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     args = parser.parse_args()
-    data = load_arrays(args.data, TrainSettings().size)
-    results = {seed: run(data, seed, args.epochs) for seed in args.splits}
-    print(f"\n{args.data}: {len(data)} slices, grouped splits {args.splits}, the page's CNN")
+    base = defaults(args.preset)
+    if args.epochs:
+        base = replace(base, epochs=args.epochs)
+    data = load_arrays(args.data, base.size)
+    results = {seed: run(data, replace(base, seed=seed), args.recipes) for seed in args.splits}
+    print(f"\n{args.data}: {len(data)} slices, grouped splits {args.splits}, {args.preset}")
     print(
         f"{'recipe':20} {'accuracy (per split)':28} {'heat inside':>11} {'lungs':>6} {'ratio':>6}"
     )
-    for recipe in RECIPES:
+    for recipe in args.recipes:
         rows = [results[seed][recipe] for seed in args.splits]
         accuracies = " ".join(f"{row['accuracy']:.1%}" for row in rows)
         heat = np.mean([row["heat_inside"] for row in rows])
