@@ -5,8 +5,9 @@
 
 On each grouped split (seed 0, 1, 2) of DATA_DIR (default: the embedded demo bundle), the Train
 page's default CNN (48 px; `--preset cnn-large` for the shipped CNN's architecture, with the
-page's settings for it: batches of 16) is trained four ways (or the `--recipes` named), with the rough lung mask of every slice
-(`ctdemo.explain.lungs.segment_lungs` at the model's input size):
+page's settings for it: batches of 16) is trained four ways (or the `--recipes` named), with
+the rough lung mask of every slice (`ctdemo.explain.lungs.segment_lungs` at the model's input
+size):
 - whole slice: as today;
 - masked in training: training slices with everything outside the lungs set to black,
   validated on whole slices (does it learn to look at the lungs, and does it still work?);

@@ -509,7 +509,7 @@ def test_to_model_input_shape_dtype_range():
 def test_to_model_input_keeps_aspect_and_pads_with_edge_median():
     wide = np.full((40, 80), 0.2, dtype=np.float32)  # background 0.2 on every edge
     wide[10:30, 5:35] = 1.0  # a bright block in the left half
-    out = to_model_input(wide, 40)[..., 0]  # 80x80 canvas shrunk by 2
+    out = to_model_input(wide, 40, body_crop=False)[..., 0]  # 80x80 canvas shrunk by 2
     # padding rows above and below are the edge median, not black
     np.testing.assert_allclose(out[:10], 0.2, atol=1e-6)
     np.testing.assert_allclose(out[30:], 0.2, atol=1e-6)

@@ -31,8 +31,8 @@ from ctdemo.io.slices import (
     to_model_input,
 )
 
-CACHE_FORMAT = 3
-"""Bump when preprocessing changes, so old caches are not reused."""
+CACHE_FORMAT = 4
+"""Bump when preprocessing changes, so old caches are not reused (4: the body crop)."""
 
 
 class DatasetError(ValueError):

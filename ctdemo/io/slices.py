@@ -4,6 +4,10 @@ Every image that reaches a model goes through `decode_slice` and then `to_model_
 training, inference, the CLI and the tests share this one path. The formats are decoded in
 `ctdemo.io.pictures` and `ctdemo.io.dicom`, within the bounds of `ctdemo.io.limits`.
 
+Body: a slice is first cut to the body's bounding box (`ctdemo.io.body`), so a body in a wide
+black field looks like the training slices, which are cut to the body; on those the cut changes
+nothing (docs/models.md, "Body crop").
+
 Aspect: a slice is never stretched. It is padded to a square with the median of its outer edge
 (the scan's own background), centred, then resized (area interpolation when shrinking).
 """
@@ -16,6 +20,7 @@ import stat
 import cv2
 import numpy as np
 
+from ctdemo.io.body import crop_to_body
 from ctdemo.io.decoded import DecodedSlice, EmptyFileError, UnreadableFileError
 from ctdemo.io.dicom import DICOM_EXTENSIONS, LUNG_WINDOW, Window, decode_dicom, dicom_size
 from ctdemo.io.limits import MAX_FILE_BYTES, check_dimensions, check_file_size, fit_within
@@ -107,12 +112,16 @@ def pad_to_square(pixels: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def to_model_input(pixels: np.ndarray, size: int, channels: int = 1) -> np.ndarray:
-    """A grey slice in [0, 1] to a float32 (size, size, channels) model input.
+def to_model_input(
+    pixels: np.ndarray, size: int, channels: int = 1, body_crop: bool = True
+) -> np.ndarray:
+    """A grey slice in [0, 1] to a float32 (size, size, channels) model input: cut to the body
+    (`body_crop=False` only to measure what the cut changes), padded to a square, resized.
 
     A slice over MAX_DECODED_SIDE (only an array that did not come from `decode_slice`) is
     reduced to it first, so that the square it is padded to is never larger than that."""
-    square = pad_to_square(fit_within(pixels.astype(np.float32, copy=False)))
+    bounded = fit_within(pixels.astype(np.float32, copy=False))
+    square = pad_to_square(crop_to_body(bounded) if body_crop else bounded)
     interpolation = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_LINEAR
     resized = cv2.resize(square, (size, size), interpolation=interpolation)
     resized = np.clip(resized, 0.0, 1.0)[..., np.newaxis]
