@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ctdemo.cli_parser import build_parser
+from ctdemo.evaluation.numbers import shown as shown_number
+from ctdemo.evaluation.volume_summary import RULES
 from ctdemo.models.training_cost import CostLimits, check_cost, estimate
 
 if TYPE_CHECKING:  # TensorFlow loads for the commands that need it, not for --help
@@ -247,27 +249,81 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ctdemo.io.scans import is_scan
     from ctdemo.models.inference import predict_files
     from ctdemo.models.saving import load_model
 
     model, card = load_model(args.model)
-    predictions = predict_files(model, card, args.files)
+    scans = {path for path in args.files if is_scan(path)}
+    plain = iter(predict_files(model, card, [path for path in args.files if path not in scans]))
+    records = []
+    for path in args.files:
+        records += _scan_records(model, card, path) if path in scans else [next(plain).to_dict()]
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], allow_nan=False))
+        print(json.dumps(records, allow_nan=False))
     else:
-        for p in predictions:
-            if p.error:
-                print(f"{p.file}: error: {p.error}")
-            else:
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in p.probabilities.items())
-                print(f"{p.file}: {p.predicted_class} ({shown})")
-    failed = sum(p.error is not None for p in predictions)
+        for record in records:
+            print(_predicted_line(record))
+    failed = sum(_failed(record) for record in records)
     if failed:
-        print(
-            f"error: {failed} of {len(predictions)} files could not be classified", file=sys.stderr
-        )
+        what = "files or volumes" if scans else "files"
+        print(f"error: {failed} of {len(records)} {what} could not be classified", file=sys.stderr)
         return 1
     return 0
+
+
+def _scan_records(model, card, path: str) -> list[dict]:
+    """One record per volume in a scan (a series folder, a zip, a NIfTI file), or one error."""
+    from ctdemo.io.scans import read_scan
+    from ctdemo.io.volumes import RefusedSeries, VolumeError
+    from ctdemo.models.volume_inference import classify_volume
+
+    try:
+        items = read_scan(path)
+    except VolumeError as error:
+        return [{"file": path, "error": str(error)}]
+    records = []
+    for item in items:
+        if isinstance(item, RefusedSeries):
+            records.append({"file": path, "volume": {"name": item.name}, "error": item.reason})
+            continue
+        prediction = classify_volume(model, card, item)
+        summary = prediction.summary
+        records.append(
+            {
+                "file": path,
+                "volume": item.describe(),
+                "class": prediction.positive_class,
+                "slices": prediction.slice_records(),
+                "summary": None if summary is None else summary.to_dict(),
+            }
+        )
+    return records
+
+
+def _failed(record: dict) -> bool:
+    """A file, a series or a slice without a verdict."""
+    slices = record.get("slices", [])
+    return "error" in record or any("error" in item for item in slices)
+
+
+def _predicted_line(record: dict) -> str:
+    """One line per file or volume, as a person reads it."""
+    volume = record.get("volume")
+    where = record["file"] + (f" [{volume['name']}]" if volume else "")
+    if "error" in record:
+        return f"{where}: error: {record['error']}"
+    if volume is None:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in record["probabilities"].items())
+        return f"{where}: {record['predicted_class']} ({shown})"
+    summary = record["summary"]
+    scores = "no summary (the model has no positive class)"
+    if summary is not None:
+        scores = f"{record['class']}: " + ", ".join(
+            f"{rule.name} {shown_number(summary[rule.name], '{:.3f}')}" for rule in RULES
+        )
+    notes = "".join(f"\n  note: {note}" for note in volume["notes"])
+    return f"{where}: {volume['slices']} slices; {scores}{notes}"
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -143,10 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="image-folder dataset")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
 
-    predict = commands.add_parser("predict", help="classify image or DICOM files")
+    predict = commands.add_parser(
+        "predict", help="classify image or DICOM files, DICOM series and NIfTI volumes"
+    )
     predict.add_argument("--model", type=Path, required=True, help="a .keras file with its card")
-    predict.add_argument("files", nargs="+", help="image or DICOM files")
-    predict.add_argument("--json", action="store_true", help="print one JSON list")
+    predict.add_argument(
+        "files",
+        nargs="+",
+        help="image or DICOM files; a folder or a .zip of a DICOM series; a .nii or .nii.gz volume",
+    )
+    predict.add_argument(
+        "--json", action="store_true", help="print one JSON list (a volume: its slices and summary)"
+    )
 
     explain = commands.add_parser(
         "explain", help="heatmaps of image or DICOM files, with how far to trust each"

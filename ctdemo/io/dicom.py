@@ -94,6 +94,13 @@ def dicom_size(data: bytes) -> tuple[int, int]:
         return int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
 
 
+def dicom_header(data: bytes):
+    """A DICOM file's dataset without its pixel data, read within `decode_dicom`'s bounds (a
+    deflated file is measured before it is inflated). Raises DicomError."""
+    with quiet():
+        return _dcmread(data, stop_before_pixels=True)
+
+
 def decode_dicom(data: bytes, window: Window) -> DecodedSlice:
     try:
         return _read_dicom(data, window)
