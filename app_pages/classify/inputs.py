@@ -91,9 +91,10 @@ def own_model_form() -> None:
 
 
 def uploaded_files() -> list[tuple[str, bytes]]:
-    """(name, bytes) of each slice uploaded."""
+    """(name, bytes) of each file uploaded: slices, or the files of a whole scan."""
     uploads = st.file_uploader(
-        "CT slices: PNG, JPEG, BMP, TIFF or DICOM, one or many",
+        "CT slices: PNG, JPEG, BMP, TIFF or DICOM, one or many; or a whole scan: the DICOM "
+        "files of a series (or their .zip), or a NIfTI file (.nii, .nii.gz)",
         accept_multiple_files=True,
         key="upload",
     )

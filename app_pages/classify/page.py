@@ -1,4 +1,5 @@
-"""Classify: upload CT slices or pick a sample, get probabilities and see where the model looks."""
+"""Classify: upload CT slices or a whole scan, or pick a sample; get probabilities and see where
+the model looks."""
 
 from __future__ import annotations
 
@@ -12,24 +13,11 @@ from app_pages.classify.inputs import (
     uploaded_files,
     window_controls,
 )
-from ctdemo.app import classify, resources, samples
-from ctdemo.app.charts import probability_bars
+from app_pages.classify.prediction import show_prediction
+from app_pages.classify.volume import show_scans
+from ctdemo.app import classify, resources, samples, volume
 from ctdemo.app.text import plain
 from ctdemo.io.dicom import LUNG_WINDOW, Window
-
-
-def show_prediction(result: classify.SliceResult, card) -> None:
-    if result.out_of_distribution:
-        st.warning(f"**Is this a chest CT slice? Probably not.** {result.screening.reason}")
-        with st.expander("Show the model's scores anyway"):
-            st.write(result.probabilities)
-        return
-    top = classify.format_probability(result.probabilities[result.predicted_class])
-    st.subheader(f"{plain(result.predicted_class)}: {top}")
-    st.plotly_chart(
-        probability_bars(result.probabilities), key=f"bars_{result.digest}", width="stretch"
-    )
-    st.caption(f"{classify.accuracy_statement(card)} Not for diagnosis.")
 
 
 def show_results(results: list[classify.SliceResult], card, model_key: str, window: Window) -> None:
@@ -85,6 +73,12 @@ with inputs:
 with output:
     if not files:
         st.info("Upload a slice or pick a sample scan to see what the model makes of it.")
+        st.stop()
+    files, scan_files = volume.split_upload(files)
+    if scan_files:
+        if files:
+            st.info(f"{len(files)} single slice(s) are left aside while a scan is open.")
+        show_scans(scan_files, model_key)
         st.stop()
     if len(files) > classify.MAX_FILES:
         st.warning(f"{len(files)} files: the first {classify.MAX_FILES} are classified.")

@@ -17,6 +17,7 @@ KEY = "classify_page"
 class ClassifyPage:
     picked: str | None = None  # the sample (or dataset slice) clicked, shown while no upload
     sanity_for: ExplanationKey | None = None  # the explanation a sanity check was asked for
+    scan: str | None = None  # the volume shown ("digest-index"): its slider starts mid-scan
 
 
 def page_state() -> ClassifyPage:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -20,6 +21,7 @@ from ctdemo.explain.faithfulness import DeletionCurve
 CURVE_METRICS = ("loss", "accuracy")
 PREDICTED_COLOUR = "#d62728"
 OTHER_COLOUR = "#9aa5b1"
+STRIP_COLOUR = "#1f6feb"
 
 
 def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Figure:
@@ -325,5 +327,51 @@ def sanity_chart(layers: list[str], correlations: list[float], unchanged_above: 
         height=280,
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
         showlegend=False,
+    )
+    return figure
+
+
+def slice_strip(
+    probabilities: Sequence[float],
+    flagged: Sequence[bool],
+    current: int,
+    class_name: str,
+    positions: Sequence[float] | None = None,
+) -> go.Figure:
+    """One point per slice of a volume (x: slice number, feet to head; y: the probability of
+    `class_name`), the slices the "is this CT?" screen flagged crossed, the slice shown
+    (index `current`) marked by a vertical line, the 0.5 threshold dotted."""
+    numbers = list(range(1, len(probabilities) + 1))
+    values = [float(value) if np.isfinite(value) else None for value in probabilities]
+    where = [f"z {z:.1f} mm" for z in positions] if positions else [""] * len(numbers)
+    name = html.escape(class_name)
+    figure = go.Figure()
+    figure.add_scatter(
+        x=numbers,
+        y=values,
+        customdata=where,
+        name=f"P({name}) per slice",
+        mode="lines+markers",
+        line={"color": STRIP_COLOUR},
+        marker={"size": 5},
+        hovertemplate="slice %{x} %{customdata}: %{y:.1%}<extra></extra>",
+    )
+    marked = [i for i, flag in enumerate(flagged) if flag]
+    figure.add_scatter(
+        x=[numbers[i] for i in marked],
+        y=[values[i] for i in marked],
+        name="flagged: not like a chest CT slice",
+        mode="markers",
+        marker={"symbol": "x", "size": 10, "color": PREDICTED_COLOUR},
+        hovertemplate="slice %{x}: flagged, left out of the summary<extra></extra>",
+    )
+    figure.add_vline(x=current + 1, line={"color": "#444", "width": 1})
+    figure.add_hline(y=0.5, line={"color": OTHER_COLOUR, "dash": "dot", "width": 1})
+    figure.update_layout(
+        xaxis={"title": "slice (feet → head)", "range": [0.5, len(numbers) + 0.5]},
+        yaxis={"title": f"probability of {name}", "range": [0, 1.02], "tickformat": ".0%"},
+        height=280,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        legend={"orientation": "h", "x": 0, "y": -0.35, "yanchor": "top"},
     )
     return figure
