@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from PIL import EpsImagePlugin, ExifTags, Image, ImageOps
+from PIL import EpsImagePlugin, ExifTags, Image, ImageDraw, ImageOps
 from pydicom.encaps import encapsulate
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
@@ -271,11 +271,14 @@ def test_a_dataset_over_its_pixel_budget_is_refused_before_decoding(tmp_path, mo
 
 def test_a_dataset_within_its_pixel_budget_decodes_its_large_images_reduced(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=2)
-    (root / "COVID" / "big.png").write_bytes(encode(halves(4_000, 2_000), "PNG"))
+    big = halves(4_000, 2_000)
+    # A bright rim round the edge: the whole image is "body", so the body crop leaves it alone.
+    ImageDraw.Draw(big).rectangle((0, 0, 3_999, 1_999), outline=200, width=80)
+    (root / "COVID" / "big.png").write_bytes(encode(big, "PNG"))
     dataset = load_arrays(root, 32)
     big = dataset.x[dataset.files.index("COVID/big.png"), ..., 0]
-    assert abs(big[8:24, 2:14].mean() - 200 / 255) < 0.02  # left half, below the padding
-    assert abs(big[8:24, 18:30].mean() - 50 / 255) < 0.02
+    assert abs(big[10:22, 3:13].mean() - 200 / 255) < 0.02  # left half, inside the rim
+    assert abs(big[10:22, 19:29].mean() - 50 / 255) < 0.02
 
 
 def test_the_real_training_set_is_well_within_the_dataset_budget():

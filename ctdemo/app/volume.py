@@ -1,16 +1,15 @@
 """Classify's whole scans: which uploads are scans, reading them once per upload, and each
 volume's screen and slice probabilities, cached by the upload's digest.
 
-A zip, a NIfTI file, or two or more DICOM files of one SeriesInstanceUID are read as a scan
-(`ctdemo.io.scans.read_upload`); any other file stays a single slice, as before. Caches are keyed
-by digests and indices only, never by a tag; the volumes' cache holds at most two uploads
-(a volume is at most ~84 MB), shared by every session.
+A zip, a NIfTI file, or an upload of two or more DICOM files of one SeriesInstanceUID (and
+nothing else) is read as a scan (`ctdemo.io.scans.read_upload`); any other file stays a single
+slice, as before. Caches are keyed by digests and indices only, never by a tag; the volumes'
+cache holds one upload (a volume is at most ~84 MB), shared by every session.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -55,15 +54,15 @@ class ScanVerdict:
 
 
 def split_upload(files: Files) -> tuple[Files, Files]:
-    """(single slices, scan files): zips, NIfTI files and DICOM files sharing a series with
-    another uploaded file are scans; everything else is classified slice by slice."""
-    series = {name: _series_uid(name, data) for name, data in files}
-    counts = Counter(uid for uid in series.values() if uid)
-    slices, scans = [], []
-    for name, data in files:
-        whole = _is_whole(name, data) or counts[series[name]] > 1
-        (scans if whole else slices).append((name, data))
-    return slices, scans
+    """(single slices, scan files): zips and NIfTI files are scans; loose DICOM files are one
+    when the upload is nothing else, two or more files of one series. Any other mix (a batch
+    of PNGs and DICOM slices, say) is classified slice by slice, each file with its result."""
+    wholes = [(name, data) for name, data in files if _is_whole(name, data)]
+    loose = [(name, data) for name, data in files if not _is_whole(name, data)]
+    series = {_series_uid(name, data) for name, data in loose}
+    if len(loose) > 1 and len(series) == 1 and None not in series:
+        return [], wholes + loose
+    return loose, wholes
 
 
 def _series_uid(name: str, data: bytes) -> str | None:
