@@ -15,10 +15,12 @@ pytestmark = pytest.mark.slow
 COMMANDS = ("train", "evaluate", "predict", "explain", "download", "build-demo")
 
 
-def run_cli(*args: str, home=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def run_cli(*args: str, home=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m ctdemo ARGS` in a fresh process; `env` adds variables (None removes one)."""
+    changes = {"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     if home is not None:
-        env["CTDEMO_HOME"] = str(home)
+        changes["CTDEMO_HOME"] = str(home)
+    env = {key: value for key, value in (os.environ | changes).items() if value is not None}
     return subprocess.run(
         [sys.executable, "-m", "ctdemo", *map(str, args)],
         cwd=ROOT,

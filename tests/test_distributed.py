@@ -9,14 +9,13 @@ has started them already, so every training here is a fresh `python -m ctdemo` p
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_image_folder
+from conftest import make_image_folder
+from test_cli import run_cli
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -26,21 +25,9 @@ ENSEMBLE = ("--members", "2", "--weight-averaging")  # both weight-swapping call
 
 
 def run_train(base, out: str, *args: str, cpus: str | None = "2", tf_config: str | None = None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CTDEMO_HOME=str(base / "home"))
-    env.pop("TF_CONFIG", None)
-    if cpus is not None:
-        env["CTDEMO_LOGICAL_CPUS"] = cpus
-    if tf_config is not None:
-        env["TF_CONFIG"] = tf_config
     command = ["train", "--data", base / "data", "--out", base / out, "--val-split", "0.25"]
-    return subprocess.run(
-        [sys.executable, "-m", "ctdemo", *map(str, command), "--block-size", "4", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    variables = {"CTDEMO_LOGICAL_CPUS": cpus, "TF_CONFIG": tf_config}
+    return run_cli(*command, "--block-size", "4", *args, home=base / "home", env=variables)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

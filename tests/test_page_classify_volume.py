@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 
 import nibabel
 import numpy as np
@@ -24,7 +23,7 @@ from ctdemo.evaluation.volume_summary import RULES
 from ctdemo.io.dicom import LUNG_WINDOW
 from ctdemo.io.slices import decode_slice
 
-from conftest import ROOT
+from conftest import ROOT, zip_bytes
 from dicom_factory import PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
 
 pytestmark = pytest.mark.slow
@@ -66,11 +65,8 @@ def series_files(
 
 
 def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for name, data in files.items():
-            bundle.writestr(f"study/{name}", data)
-    return buffer.getvalue()
+    """The files in one folder of a zip, as a scanner's export puts them."""
+    return zip_bytes({f"study/{name}": data for name, data in files.items()})
 
 
 def nifti(slices: list[np.ndarray]) -> bytes:

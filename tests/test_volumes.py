@@ -12,7 +12,6 @@ import random
 import struct
 import subprocess
 import sys
-import zipfile
 
 import nibabel
 import numpy as np
@@ -32,7 +31,7 @@ from ctdemo.io.nifti import read_nifti
 from ctdemo.io.scans import is_scan, read_scan, read_upload
 from ctdemo.io.volumes import RefusedSeries, Volume, VolumeError, VolumeLimits, stored_slice
 
-from conftest import ROOT
+from conftest import ROOT, zip_bytes
 from dicom_factory import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_dicom_bytes
 from test_cli import assert_one_line_error, run_cli
 
@@ -84,11 +83,8 @@ def shuffled(files: dict[str, bytes], seed: int = 0) -> dict[str, bytes]:
 
 
 def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for name, data in files.items():
-            bundle.writestr(f"export/{name}", data)
-    return buffer.getvalue()
+    """The files in one folder of a zip, as a scanner's export puts them."""
+    return zip_bytes({f"export/{name}": data for name, data in files.items()})
 
 
 def only_volume(items: list) -> Volume:

@@ -28,20 +28,11 @@ from ctdemo.explain.methods import (
     METHODS,
     ExplanationError,
 )
-from ctdemo.models.specs import LAST_CONV
+from ctdemo.models.architectures import last_conv_layer
 
 SCORECAM_MAX_N = 16  # the 16 strongest channels: 0.55 s for the shipped CNN on 2 cores
 SMOOTHGRAD_SAMPLES = 20
 SMOOTHGRAD_NOISE = 0.2  # noise standard deviation, as a fraction of the input's value range
-
-
-def last_conv_layer(model: keras.Model) -> str | None:
-    """The layer Grad-CAM reads: ours is named `last_conv`; otherwise the last Conv2D."""
-    names = [layer.name for layer in model.layers]
-    if LAST_CONV in names:
-        return LAST_CONV
-    convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    return convolutions[-1] if convolutions else None
 
 
 def cam_layers(model: keras.Model) -> dict[str, int]:

@@ -33,6 +33,15 @@ def build_model(architecture: Architecture, num_classes: int) -> keras.Model:
     return builders[architecture.kind](architecture, num_classes)
 
 
+def last_conv_layer(model: keras.Model) -> str | None:
+    """The layer Grad-CAM reads: ours is named `last_conv`; otherwise the last Conv2D."""
+    names = [layer.name for layer in model.layers]
+    if LAST_CONV in names:
+        return LAST_CONV
+    convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    return convolutions[-1] if convolutions else None
+
+
 def _scaled_input(image_size: int, scaling: str) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     slices = keras.Input((image_size, image_size, 1), name="slice")
     if scaling == "fixed":

@@ -20,9 +20,9 @@ from ctdemo.evaluation.splits import SplitData, SplitSpec, make_split
 from ctdemo.explain.marker import marker_heat
 from ctdemo.explain.ood import OODDetector, ood_path
 from ctdemo.explain.ood_model import detector_layer, fit_detector
-from ctdemo.explain.saliency import last_conv_layer
 from ctdemo.explain.trust import estimate
 from ctdemo.io.folders import ArrayDataset, load_arrays
+from ctdemo.models.architectures import last_conv_layer
 from ctdemo.models.cards import ModelCard, default_positive_class, preprocessing_spec
 from ctdemo.models.distribution import record
 from ctdemo.models.inference import NOT_A_NUMBER, probabilities, slices_per_batch

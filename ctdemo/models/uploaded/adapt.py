@@ -15,8 +15,8 @@ from pathlib import PurePath
 import keras
 import numpy as np
 
-from ctdemo.explain.saliency import last_conv_layer
 from ctdemo.models import saving
+from ctdemo.models.architectures import last_conv_layer
 from ctdemo.models.cards import ModelCard, default_positive_class, preprocessing_spec
 from ctdemo.models.inference import BATCH_SIZE
 from ctdemo.models.uploaded.describe import UploadedModelInfo

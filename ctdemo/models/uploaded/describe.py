@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import keras
 
-from ctdemo.explain.saliency import last_conv_layer
+from ctdemo.models.architectures import last_conv_layer
 from ctdemo.models.cards import ModelLoadError
 from ctdemo.models.uploaded.graph import flatten, output_activation
 from ctdemo.models.uploaded.limits import ModelCost, check_image_shape
