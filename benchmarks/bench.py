@@ -1,6 +1,6 @@
 """Speed and memory of ctdemo against the seed projects' ways, measured in one run.
 
-    CTDEMO_DATA_DIR=../shared/data/sarscov2-ct python benchmarks/bench.py [--quick]
+    CTDEMO_DATA_DIR=../shared/data/sarscov2-ct python benchmarks/bench.py [--quick] [--predict-only]
 
 Prints a table and writes benchmarks/results/bench.json. Every figure is a median over
 repeats, with its baseline measured in the same run (absolute times on a shared 2-core
@@ -216,6 +216,7 @@ def model_load_seconds(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and presets")
+    parser.add_argument("--predict-only", action="store_true", help="only the predict figures")
     args = parser.parse_args()
     data_dir = os.environ.get("CTDEMO_DATA_DIR")
     if not data_dir:
@@ -229,6 +230,9 @@ def main() -> None:
 
     results: dict = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__}}
     results["predict"] = bench_predict(files, repeats)
+    if args.predict_only:
+        print_predict(results["predict"])
+        return
     results["memory"] = peak_memory_of_predict(files)
     results["model_load_seconds"] = model_load_seconds(repeats)
     results["matmul_gflops"] = matmul_gflops()
@@ -251,7 +255,11 @@ def main() -> None:
 
 
 def print_table(results: dict) -> None:
-    p = results["predict"]
+    print_predict(results["predict"])
+    print_memory_and_training(results)
+
+
+def print_predict(p: dict) -> None:
     print(f"\npredict, {p['files']} files (median ms per slice)")
     print(f"  ctdemo CNN, decode+preprocess+predict   {p['ours_ms_per_slice']:8.2f}")
     print(f"  ctdemo CNN, one decoding thread         {p['ours_1_thread_ms_per_slice']:8.2f}")
@@ -265,6 +273,9 @@ def print_table(results: dict) -> None:
         f"ours / decode-only: {p['ours_over_decode_only']:.2f}x "
         f"(1 thread: {p['ours_1_thread_over_decode_only_1_thread']:.2f}x)"
     )
+
+
+def print_memory_and_training(results: dict) -> None:
     m = results["memory"]
     print(
         f"\npeak RSS of `ctdemo predict` on 200 files: {m['peak_rss_mb']:.0f} MB "

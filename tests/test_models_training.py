@@ -178,21 +178,75 @@ def test_the_compiled_weight_swap_trains_like_keras_s(tiny_dataset, monkeypatch)
         np.testing.assert_allclose(mine, keras_s, atol=1e-5)
 
 
-def test_distribution_features_are_quantiles_that_ignore_where_pixels_are():
-    from ctdemo.models.features import IntensityEdgeQuantiles
+def _sorted_quantiles(image: np.ndarray, quantiles: int) -> np.ndarray:
+    """The layer's features the slow exact way: sort, then take the evenly spaced ranks."""
+    grey = image[..., 0]
+    dx, dy = grey[:, :-1, 1:] - grey[:, :-1, :-1], grey[:, 1:, :-1] - grey[:, :-1, :-1]
+    edges = np.sqrt(dx**2 + dy**2 + 1e-6).reshape(len(image), -1)
+    intensities = grey.reshape(len(image), -1)
+    return np.concatenate(
+        [
+            np.sort(intensities)[
+                :, np.linspace(0, intensities.shape[1] - 1, quantiles).round().astype(int)
+            ],
+            np.sort(edges)[:, np.linspace(0, edges.shape[1] - 1, quantiles).round().astype(int)],
+        ],
+        axis=1,
+    )
+
+
+def test_distribution_features_are_quantiles_within_one_histogram_bin_of_the_sorted_values():
+    from ctdemo.models.features import HISTOGRAM_BINS, IntensityEdgeQuantiles
 
     rng = np.random.default_rng(3)
-    image = rng.random((1, 12, 12, 1)).astype("float32")
-    features = np.asarray(IntensityEdgeQuantiles(quantiles=144)(image))[0]
-    np.testing.assert_allclose(features[:144], np.sort(image.ravel()), atol=1e-6)
-    grey = image[0, :, :, 0]
-    dx, dy = grey[:-1, 1:] - grey[:-1, :-1], grey[1:, :-1] - grey[:-1, :-1]
-    edges = np.sort(np.sqrt(dx**2 + dy**2 + 1e-6).ravel())
-    np.testing.assert_allclose(features[144:], edges[np.linspace(0, 120, 144).round().astype(int)])
+    image = rng.random((2, 40, 40, 1)).astype("float32")
+    image[1, :20] = 0.0  # half black padding: many ties at the lowest value
+    features = np.asarray(IntensityEdgeQuantiles(quantiles=100)(image))
+    exact = _sorted_quantiles(image, 100)
+    for row in range(2):
+        intensity_bin = (image[row].max() - image[row].min()) / HISTOGRAM_BINS
+        assert np.abs(features[row, :100] - exact[row, :100]).max() <= intensity_bin * 1.001
+        edges = exact[row, 100:]
+        log_bin = (np.log(edges.max()) - np.log(edges.min())) / HISTOGRAM_BINS
+        assert np.abs(np.log(features[row, 100:]) - np.log(edges)).max() <= log_bin * 1.001
+    # The smallest and largest values are the row's own (rank 0 and the last rank).
+    np.testing.assert_allclose(features[:, [0, 99]], exact[:, [0, 99]], atol=1 / HISTOGRAM_BINS)
     # The intensity quantiles ignore where the pixels are: shuffling them changes nothing.
-    shuffled = rng.permutation(image.ravel()).reshape(image.shape)
+    shuffled = rng.permutation(image[0].ravel()).reshape(image[:1].shape)
     layer = IntensityEdgeQuantiles(quantiles=16)
-    np.testing.assert_allclose(layer(shuffled)[0, :16], layer(image)[0, :16], atol=1e-6)
+    np.testing.assert_allclose(layer(shuffled)[0, :16], layer(image[:1])[0, :16], atol=1e-6)
+
+
+def test_distribution_features_have_the_gradient_of_a_sort():
+    """Saliency through the density head lands on the pixel of each rank, as a sort's would."""
+    import tensorflow as tf
+
+    from ctdemo.models.features import IntensityEdgeQuantiles
+
+    image = tf.constant(np.random.default_rng(4).random((2, 24, 24, 1)).astype("float32"))
+    weights = tf.range(64, dtype=tf.float32)
+
+    def sorted_quantiles(slices: tf.Tensor) -> tf.Tensor:
+        grey = slices[..., 0]
+        dx, dy = grey[:, :-1, 1:] - grey[:, :-1, :-1], grey[:, 1:, :-1] - grey[:, :-1, :-1]
+        edges = tf.reshape(tf.sqrt(dx * dx + dy * dy + 1e-6), (2, -1))
+        ranks = [np.linspace(0, n - 1, 32).round().astype(int) for n in (24 * 24, 23 * 23)]
+        return tf.concat(
+            [
+                tf.gather(tf.sort(tf.reshape(grey, (2, -1))), ranks[0], axis=1),
+                tf.gather(tf.sort(edges), ranks[1], axis=1),
+            ],
+            axis=1,
+        )
+
+    gradients = []
+    for features in (IntensityEdgeQuantiles(quantiles=32), sorted_quantiles):
+        with tf.GradientTape() as tape:
+            tape.watch(image)
+            total = tf.reduce_sum(features(image) * weights)
+        gradients.append(tape.gradient(total, image).numpy())
+    assert np.abs(gradients[0]).sum() > 0
+    np.testing.assert_allclose(gradients[0], gradients[1], atol=1e-5)
 
 
 def test_cards_written_before_input_scaling_was_a_choice_read_as_per_image():

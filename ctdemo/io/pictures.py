@@ -111,7 +111,8 @@ def colour_fraction(image: Image.Image) -> float:
     sampled = image.resize(size, Image.Resampling.NEAREST)  # no full-size RGBA copy
     rgba = sampled if sampled.mode in ("RGB", "RGBA") else sampled.convert("RGBA")
     pixels = np.asarray(rgba)
-    spread = pixels[..., :3].max(axis=-1) - pixels[..., :3].min(axis=-1)
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
     if pixels.shape[-1] == 4:
         spread = spread[pixels[..., 3] > 0]
     if spread.size == 0:

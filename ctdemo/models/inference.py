@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import keras
@@ -83,22 +83,37 @@ def predict_files(
     model: keras.Model, card: ModelCard, files: Sequence[str], workers: int = 2
 ) -> list[Prediction]:
     """One prediction per file, in order; unreadable files get an error and do not stop
-    the others. Files are decoded on a small thread pool and predicted in batches."""
+    the others. Files are decoded on a small thread pool, one batch ahead of the model: the
+    decoders (Pillow, OpenCV, NumPy) and TensorFlow release the GIL, so the next batch is
+    decoded while this one is predicted. At most two batches of inputs are held."""
+    chunks = [list(files[start : start + BATCH_SIZE]) for start in range(0, len(files), BATCH_SIZE)]
     results: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(files), BATCH_SIZE):
-            chunk = list(files[start : start + BATCH_SIZE])
-            inputs = list(pool.map(lambda path: _read_and_preprocess(path, card), chunk))
-            good = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
-            batch = slices_per_batch(card)
-            probs = probabilities(model, np.stack([inputs[i] for i in good]), batch) if good else []
-            by_index = dict(zip(good, probs, strict=True))
-            for index, (path, item) in enumerate(zip(chunk, inputs, strict=True)):
-                if isinstance(item, str):
-                    results.append(Prediction(path, error=item))
-                else:
-                    results.append(_prediction(path, by_index[index], card.class_names))
+
+        def decode(chunk: list[str]) -> list[Future]:
+            return [pool.submit(_read_and_preprocess, path, card) for path in chunk]
+
+        pending = decode(chunks[0]) if chunks else []
+        for index, chunk in enumerate(chunks):
+            inputs = [future.result() for future in pending]
+            pending = decode(chunks[index + 1]) if index + 1 < len(chunks) else []
+            results.extend(_predict_chunk(model, card, chunk, inputs))
     return results
+
+
+def _predict_chunk(
+    model: keras.Model, card: ModelCard, chunk: list[str], inputs: list[np.ndarray | str]
+) -> list[Prediction]:
+    good = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
+    batch = slices_per_batch(card)
+    probs = probabilities(model, np.stack([inputs[i] for i in good]), batch) if good else []
+    by_index = dict(zip(good, probs, strict=True))
+    return [
+        Prediction(path, error=item)
+        if isinstance(item, str)
+        else _prediction(path, by_index[index], card.class_names)
+        for index, (path, item) in enumerate(zip(chunk, inputs, strict=True))
+    ]
 
 
 def _prediction(file: str, probs: np.ndarray, class_names: list[str]) -> Prediction:

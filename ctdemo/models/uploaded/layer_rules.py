@@ -293,7 +293,8 @@ def _resize(config: dict, shapes: list[Shape]) -> Step:
 
 
 def _quantiles(config: dict, shapes: list[Shape]) -> Step:
-    """Our IntensityEdgeQuantiles: it sorts every pixel and every edge strength of the slice."""
+    """Our IntensityEdgeQuantiles: a histogram of every pixel and edge strength of the slice; an
+    explanation's backward pass sorts them (bounded as that sort)."""
     size = math.prod(one_input(shapes))
     quantiles = positive_int(config.get("quantiles", 128), "quantiles")
     return Step((2 * quantiles,), 8 * size * max(size, 2).bit_length())
