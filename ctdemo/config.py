@@ -19,6 +19,12 @@ DEMO_SAMPLES_DIR = DEMO_DIR / "samples"
 DEMO_BUNDLE_DIR = DEMO_DIR / "bundle"
 
 
+def warm_up_enabled() -> bool:
+    """Whether the Classify page loads TensorFlow and the model after its first paint
+    (`ctdemo.app.warmup`); CTDEMO_WARM_UP=0 keeps a server light until a visitor needs a model."""
+    return os.environ.get("CTDEMO_WARM_UP", "1").strip() != "0"
+
+
 def home_dir() -> Path:
     """The one folder ctdemo writes to."""
     configured = os.environ.get("CTDEMO_HOME")

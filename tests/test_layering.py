@@ -4,7 +4,8 @@
   neither TensorFlow nor Streamlit (checked in a fresh interpreter);
 - nothing outside `ctdemo.app` and the pages imports Streamlit (checked in the source);
 - every page paints its controls without importing TensorFlow: a fresh process runs the app
-  on each page, up to where the page needs a model, and TensorFlow is still not loaded.
+  on each page, up to where the page needs a model, and TensorFlow is still not loaded; with
+  the warm-up on (the default), the Classify page loads it only after its page is laid out.
 """
 
 from __future__ import annotations
@@ -93,8 +94,17 @@ def test_only_the_app_package_and_the_pages_import_streamlit():
 
 
 FIRST_PAINT = """
-import json, sys
+import json, sys, traceback
 from streamlit.testing.v1 import AppTest
+
+class FirstImportOfTensorFlow:  # records who imports TensorFlow first; finds nothing itself
+    callers = None
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" and FirstImportOfTensorFlow.callers is None:
+            FirstImportOfTensorFlow.callers = [f.name for f in traceback.extract_stack()]
+        return None
+
+sys.meta_path.insert(0, FirstImportOfTensorFlow())
 app = AppTest.from_file({script!r}, default_timeout=120)
 for key, value in {state!r}.items():
     app.session_state[key] = value
@@ -103,7 +113,9 @@ if {page!r}:
     app.switch_page({page!r}).run()
 print(json.dumps({{"exception": [e.value for e in app.exception],
                    "title": [t.value for t in app.title],
-                   "tensorflow": "tensorflow" in sys.modules}}))
+                   "info": [i.value for i in app.info],
+                   "tensorflow": "tensorflow" in sys.modules,
+                   "imported_by": FirstImportOfTensorFlow.callers or []}}))
 """
 
 PAGES = {
@@ -115,11 +127,10 @@ PAGES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", list(PAGES))
-def test_every_page_paints_without_importing_tensorflow(page, isolated_home):
+def first_paint(page: str, home, warm_up: bool) -> dict:
+    """What a fresh process's first run of `page` shows and imports (`FIRST_PAINT`)."""
     code = FIRST_PAINT.format(script=str(ROOT / "streamlit_app.py"), state=PAGES[page], page=page)
-    env = dict(os.environ, CTDEMO_HOME=str(isolated_home))
+    env = dict(os.environ, CTDEMO_HOME=str(home), CTDEMO_WARM_UP="1" if warm_up else "0")
     env.pop("CTDEMO_DATA_DIR", None)
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -127,7 +138,24 @@ def test_every_page_paints_without_importing_tensorflow(page, isolated_home):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["exception"] == [] and report["title"], report
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_paints_without_importing_tensorflow(page, isolated_home):
+    """With the warm-up off (CTDEMO_WARM_UP=0), nothing loads TensorFlow before a model is
+    needed; the first run is always Classify's, so the warm-up would load it for every page."""
+    report = first_paint(page, isolated_home, warm_up=False)
     assert report["tensorflow"] is False, f"{page} imported TensorFlow before it needed a model"
+
+
+@pytest.mark.slow
+def test_classify_loads_tensorflow_only_in_the_warm_up_after_its_page(isolated_home):
+    report = first_paint("app_pages/classify/page.py", isolated_home, warm_up=True)
+    assert report["info"] and "pick a sample" in report["info"][0], report
+    assert report["tensorflow"] is True, "the Classify page no longer warms up"
+    assert "warm_up" in report["imported_by"], report["imported_by"]
 
 
 def test_ctdemo_is_installed_with_its_console_script():

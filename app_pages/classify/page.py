@@ -15,7 +15,7 @@ from app_pages.classify.inputs import (
 )
 from app_pages.classify.prediction import show_prediction
 from app_pages.classify.volume import show_scans
-from ctdemo.app import classify, resources, samples, volume
+from ctdemo.app import classify, resources, samples, volume, warmup
 from ctdemo.app.text import plain
 from ctdemo.io.dicom import LUNG_WINDOW, Window
 
@@ -73,6 +73,7 @@ with inputs:
 with output:
     if not files:
         st.info("Upload a slice or pick a sample scan to see what the model makes of it.")
+        warmup.warm_up(model_key)  # the last thing: the page is on screen already
         st.stop()
     files, scan_files = volume.split_upload(files)
     if scan_files:
