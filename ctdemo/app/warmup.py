@@ -99,12 +99,12 @@ def _trace_the_explanation(model_key: str) -> None:
 
 
 def freeze_what_is_loaded() -> None:
-    """Leave TensorFlow's objects out of every later garbage collection (`gc.freeze`).
+    """Leave what is loaded by now out of every later garbage collection (`gc.freeze`).
 
     Streamlit collects all generations after each script run (`runner.postScriptGC`): with
     TensorFlow and a model loaded that is about 430,000 objects and 0.25-0.3 s here, on every
-    rerun of every visitor, while the server's event loop waits for the GIL. Frozen after a
-    collection, the modules and models stay (they do anyway) and a collection takes
-    microseconds; objects made later are collected as before."""
-    gc.collect()
+    rerun of every visitor, while the server's event loop waits for the GIL. Frozen, the
+    modules and models stay (they do anyway) and a collection takes microseconds; objects made
+    later are collected as before. No collection first: it would cost the same 0.3 s on the
+    way to a waiting click, to free the little garbage an import leaves."""
     gc.freeze()
