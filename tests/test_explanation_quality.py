@@ -63,8 +63,10 @@ def test_a_model_whose_gradients_cannot_be_read_is_said_so_and_the_other_still_s
     card = ModelCard("blocked", ["COVID", "non-COVID"], "COVID", preprocessing_spec(SIZE), {})
     models = {"blocked": (keras.Model(inputs, outputs), card), "linear": linear_model(lungs)}
 
-    result = compare_explanations(models, [("a", pixels), ("b", pixels)])
+    done = []
+    result = compare_explanations(models, [("a", pixels), ("b", pixels)], on_slice=done.append)
 
+    assert done == [1, 2]  # progress after every slice, the failing model's included
     assert "gradients do not reach" in result.models["blocked"].error
     assert result.models["blocked"].summary("lung_share") is None
     assert result.models["linear"].summary("lung_share").n == 2

@@ -111,6 +111,7 @@ def test_where_the_models_look_is_computed_on_demand_and_kept_across_reruns(tmp_
 
     app.button(key="compare_looks").click().run()
     assert not app.exception, app.exception
+    assert app.get("progress") == []  # the pass's progress bar is gone once it is done
     state = app.session_state[STATE]  # the page's one state object
     assert isinstance(state, CompareState)
     assert state.looks_for.model_keys == ("trained:a", "trained:b") and state.looks_for.files

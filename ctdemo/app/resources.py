@@ -327,7 +327,7 @@ LOOK_SAMPLE = 60
 shipped models on 2 cores."""
 
 
-@st.cache_data(max_entries=4, ttl=3600, show_spinner="Explaining every slice with every model…")
+@st.cache_data(max_entries=4, ttl=3600, show_spinner=False)
 def explanation_quality(
     model_keys: tuple[str, ...],
     root: str,
@@ -336,8 +336,17 @@ def explanation_quality(
     _models: dict,
 ) -> ExplanationComparison:
     """Each model's explanations on a sample of the compared slices, once per (models, slices):
-    the keys identify `_models` (not hashed)."""
+    the keys identify `_models` (not hashed). A progress bar counts the slices: each update is
+    also where a click interrupts the pass (it is not cached then), so the page never freezes
+    for its 40 s; the bar is emptied at the end, so a cached answer shows none."""
     from ctdemo.explain import quality
 
     sample = [files[i] for i in quality.spread_sample(labels, LOOK_SAMPLE)]
-    return quality.compare_explanations(_models, quality.read_slices(root, sample))
+    bar = st.progress(0.0, text=f"Explaining {len(sample)} slices with every model…")
+
+    def on_slice(done: int) -> None:
+        bar.progress(done / max(1, len(sample)), text=f"Explained {done} of {len(sample)} slices…")
+
+    looks = quality.compare_explanations(_models, quality.read_slices(root, sample), on_slice)
+    bar.empty()
+    return looks

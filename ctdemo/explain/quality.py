@@ -194,9 +194,11 @@ def read_slices(root: Path | str, files: Iterable[str]) -> Iterator[tuple[str, n
 def compare_explanations(
     models: Mapping[str, tuple[keras.Model, ModelCard]],
     slices: Iterable[tuple[str, np.ndarray]],
+    on_slice: Callable[[int], None] | None = None,
 ) -> ExplanationComparison:
     """Every model's default explanation of its own prediction on every slice, measured and
-    summarised, with a paired test between the first two models."""
+    summarised, with a paired test between the first two models. `on_slice` is told how many
+    slices are done after each (a progress bar)."""
     if not models:
         raise ValueError("compare_explanations needs at least one model")
     started = time.perf_counter()
@@ -215,6 +217,8 @@ def compare_explanations(
             except ExplanationError as error:  # the model's maps cannot be made on any slice
                 errors[name] = str(error)
                 looks[name].append(SliceLook())
+        if on_slice is not None:
+            on_slice(len(files))
     results = {
         name: ModelLooks(name, methods[name], tuple(looks[name]), errors[name]) for name in models
     }
