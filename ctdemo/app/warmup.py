@@ -56,7 +56,6 @@ def warm_up(model_key: str) -> None:
     for step in (_load_model, _trace_the_verdict, _trace_the_explanation):
         checkpoint.empty()  # a rerun asked for during the last step happens here
         step(model_key)
-    freeze_what_is_loaded()
 
 
 @st.cache_resource(show_spinner=False)
@@ -96,6 +95,7 @@ def _trace_the_explanation(model_key: str) -> None:
 
     deletion_curve(first_class, x, heatmap)
     segment_lungs(phantom_slice())
+    freeze_what_is_loaded()  # the explainers' modules and traces too
 
 
 def freeze_what_is_loaded() -> None:
@@ -106,5 +106,7 @@ def freeze_what_is_loaded() -> None:
     rerun of every visitor, while the server's event loop waits for the GIL. Frozen, the
     modules and models stay (they do anyway) and a collection takes microseconds; objects made
     later are collected as before. No collection first: it would cost the same 0.3 s on the
-    way to a waiting click, to free the little garbage an import leaves."""
+    way to a waiting click, to free the little garbage an import leaves. Called only from the
+    cached steps, so once or twice per server and model: a frozen object is never collected,
+    and freezing on every visit would make other visitors' garbage of that moment immortal."""
     gc.freeze()
