@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from timing import median_seconds
 
 from ctdemo.config import WEIGHTS_DIR, split_root
 from ctdemo.io.folders import load_arrays, scan_image_folder
@@ -35,15 +36,6 @@ from ctdemo.models.inference import predict_files
 from ctdemo.models.saving import load_model
 from ctdemo.models.specs import PRESETS, TrainConfig
 from ctdemo.models.training import compile_model, input_pipeline
-
-
-def median_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def seed2_cnn() -> keras.Model:
@@ -81,13 +73,13 @@ def bench_predict(files: list[str], repeats: int) -> dict:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda f: decode_slice(Path(f).read_bytes(), f), files))
 
-    ours = median_time(lambda: predict_files(model, card, files), repeats)
-    ours_1 = median_time(lambda: predict_files(model, card, files, workers=1), repeats)
-    decode_2 = median_time(lambda: decode_only(2), repeats)
-    decode_1 = median_time(lambda: decode_only(1), repeats)
+    ours = median_seconds(lambda: predict_files(model, card, files), repeats)
+    ours_1 = median_seconds(lambda: predict_files(model, card, files, workers=1), repeats)
+    decode_2 = median_seconds(lambda: decode_only(2), repeats)
+    decode_1 = median_seconds(lambda: decode_only(1), repeats)
     seed = seed2_cnn()
     seed2_predict(seed, files[:32])
-    seed_time = median_time(lambda: seed2_predict(seed, files), max(1, repeats // 2))
+    seed_time = median_seconds(lambda: seed2_predict(seed, files), max(1, repeats // 2))
     n = len(files)
     return {
         "files": n,
@@ -148,7 +140,7 @@ def matmul_gflops() -> float:
     a = tf.random.normal((2048, 2048))
     b = tf.random.normal((2048, 2048))
     tf.matmul(a, b).numpy()
-    seconds = median_time(lambda: tf.matmul(a, b).numpy(), 5)
+    seconds = median_seconds(lambda: tf.matmul(a, b).numpy(), 5)
     return 2 * 2048**3 / seconds / 1e9
 
 
@@ -207,7 +199,7 @@ def peak_memory_of_predict(files: list[str]) -> dict:
 
 def model_load_seconds(repeats: int) -> dict:
     return {
-        name: median_time(lambda n=name: load_model(WEIGHTS_DIR / f"{n}.keras"), repeats)
+        name: median_seconds(lambda n=name: load_model(WEIGHTS_DIR / f"{n}.keras"), repeats)
         for name in ("cnn", "mlp")
         if (WEIGHTS_DIR / f"{name}.keras").is_file()
     }

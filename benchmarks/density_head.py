@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 import numpy as np
 import tensorflow as tf
+from timing import median_seconds
 
 import ctdemo.models.architectures as architectures
 from ctdemo.app.train_settings import defaults
@@ -68,23 +67,17 @@ class SortedQuantiles(IntensityEdgeQuantiles):
         )
 
 
-def median_ms_per_slice(function, x: tf.Tensor, repeats: int = 7) -> float:
-    function(x)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        np.asarray(function(x))
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times) / len(x)
-
-
 def layer_speed(x: np.ndarray) -> dict:
     batch = tf.constant(x[:128])
     histogram = tf.function(IntensityEdgeQuantiles())
     sorted_ = tf.function(SortedQuantiles())
+
+    def ms_per_slice(layer) -> float:
+        return 1e3 * median_seconds(lambda: np.asarray(layer(batch)), 7, warm=True) / len(batch)
+
     return {
-        "histogram_ms_per_slice": median_ms_per_slice(histogram, batch),
-        "sort_ms_per_slice": median_ms_per_slice(sorted_, batch),
+        "histogram_ms_per_slice": ms_per_slice(histogram),
+        "sort_ms_per_slice": ms_per_slice(sorted_),
     }
 
 

@@ -24,13 +24,13 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 
 import numpy as np
+from timing import median_seconds
 
 from ctdemo.app import classify
 from ctdemo.app.samples import sample_scans
@@ -59,16 +59,6 @@ def interval(values: list) -> str:
 def as_dict(values: list) -> dict | None:
     result = estimate(values)
     return None if result is None else result.__dict__
-
-
-def median_ms(function, repeats: int) -> float:
-    function()  # warm
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
 
 
 def page_steps(repeats: int) -> dict[str, float]:
@@ -104,7 +94,7 @@ def page_steps(repeats: int) -> dict[str, float]:
     }
     if detector is not None:
         steps["screen"] = lambda: classify.screen([result], extractor, detector, card.image_size)
-    timings = {name: median_ms(step, repeats) for name, step in steps.items()}
+    timings = {name: 1e3 * median_seconds(step, repeats, warm=True) for name, step in steps.items()}
     timings["total"] = sum(timings.values())
     return timings
 
@@ -173,17 +163,17 @@ def main() -> None:
     pixels, label = slices[0]
     x = model_input(pixels, card)
     heatmap = explain(model, x, "gradcam", int(label))
+
+    def warm_ms(run) -> float:
+        return 1e3 * median_seconds(run, args.repeats, warm=True)
+
+    def score(batch):
+        return probabilities(model, batch)[:, int(label)]
+
     timings = {
-        "segmentation_ms": median_ms(lambda: segment_lungs(pixels), args.repeats),
-        "deletion_curve_ms": median_ms(
-            lambda: deletion_curve(
-                lambda batch: probabilities(model, batch)[:, int(label)], x, heatmap
-            ),
-            args.repeats,
-        ),
-        "assess_gradcam_ms": median_ms(
-            lambda: assess(model, card, pixels, "gradcam", int(label)), args.repeats
-        ),
+        "segmentation_ms": warm_ms(lambda: segment_lungs(pixels)),
+        "deletion_curve_ms": warm_ms(lambda: deletion_curve(score, x, heatmap)),
+        "assess_gradcam_ms": warm_ms(lambda: assess(model, card, pixels, "gradcam", int(label))),
     }
     results["timings_shipped_cnn"] = timings
     results["classify_page_ms"] = page

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -27,6 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout, and the tests'
 
 import nibabel
 import numpy as np
+from timing import median_seconds
 
 from ctdemo.config import WEIGHTS_DIR
 from ctdemo.io.scans import read_scan
@@ -68,15 +67,6 @@ def write_scans(folder: Path, volume: np.ndarray) -> dict[str, Path]:
             stored = volume[:, :, k].T + 1024
             bundle.writestr(f"{k:04d}.dcm", ct_dicom_bytes(stored, extra=tags))
     return {"NIfTI (.nii.gz)": nifti, "DICOM series (.zip)": archive}
-
-
-def median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -86,7 +86,8 @@ def _trace_the_explanation(model_key: str) -> None:
     from ctdemo.models.inference import model_input, probabilities, slices_per_batch
 
     model, card = resources.get_model(model_key)
-    x = model_input(phantom_slice(), card)
+    phantom = phantom_slice()
+    x = model_input(phantom, card)
     batch = slices_per_batch(card)
     heatmap = explain(model, x, available_methods(model)[0], 0, batch)
 
@@ -94,7 +95,7 @@ def _trace_the_explanation(model_key: str) -> None:
         return probabilities(model, images, batch)[:, 0]
 
     deletion_curve(first_class, x, heatmap)
-    segment_lungs(phantom_slice())
+    segment_lungs(phantom)
     freeze_what_is_loaded()  # the explainers' modules and traces too
 
 
