@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ctdemo.explain.lungs import segment_lungs
-from ctdemo.io.body import Box, body_box, crop_to_body
+from ctdemo.io.body import Box, _label_areas, body_box, crop_to_body
 from ctdemo.io.slices import decode_slice, to_model_input
 
 from conftest import real_train_dir
@@ -79,6 +79,29 @@ def test_specks_tiny_strips_and_not_a_number_do_not_crash():
     broken, _ = phantom(side=200)
     broken[:10] = np.nan
     assert crop_to_body(broken).ndim == 2
+
+
+def test_a_body_in_two_parts_is_boxed_whole_and_a_speck_is_left_out():
+    """Every region at least KEEP_SHARE of the largest counts (a body the opening split, an
+    arm), each in its own box; the box is their union. A speck far away is not in it."""
+    pixels = np.zeros((400, 600), dtype=np.float32)
+    pixels[120:300, 60:260] = 0.8  # the larger half
+    pixels[150:330, 320:480] = 0.8  # the smaller, a gap away
+    pixels[160:260, 100:220] = 0.3  # a lung in each
+    pixels[190:290, 360:440] = 0.3
+    pixels[10:18, 570:578] = 0.8  # a speck the opening keeps, under KEEP_SHARE of the largest
+    assert body_box(pixels) == Box(120, 330, 60, 480)
+
+
+@pytest.mark.parametrize("side", [200, 700], ids=["16-bit labels", "32-bit labels"])
+def test_region_areas_are_counted_exactly_with_either_label_width(side):
+    rng = np.random.default_rng(side)
+    bright = (rng.random((side, side)) > 0.6).astype(np.uint8)
+    label_type = cv2.CV_16U if bright.size < 5 * 65535 else cv2.CV_32S
+    count, labels = cv2.connectedComponents(bright, connectivity=8, ltype=label_type)
+    np.testing.assert_array_equal(
+        _label_areas(labels, count), np.bincount(labels.ravel(), minlength=count)
+    )
 
 
 def in_black_field(pixels: np.ndarray, table: bool = True) -> tuple[np.ndarray, Box]:

@@ -171,7 +171,9 @@ def _to_grey_unit(image: Image.Image) -> np.ndarray:
         return np.clip(grey * rgba[..., 3], 0.0, 1.0).astype(np.float32)
     if image.mode != "L":
         image = image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
-    return np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    grey = np.asarray(image, dtype=np.float32)  # a new array: scaled in place
+    grey *= np.float32(1 / 255)
+    return grey
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:

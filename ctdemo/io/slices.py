@@ -105,11 +105,12 @@ def pad_to_square(pixels: np.ndarray) -> np.ndarray:
     side = max(height, width)
     if height == width:
         return pixels
+    pixels = np.asarray(pixels, dtype=np.float32)
     edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    canvas = np.full((side, side), np.median(edge), dtype=np.float32)
     top, left = (side - height) // 2, (side - width) // 2
-    canvas[top : top + height, left : left + width] = pixels
-    return canvas
+    bottom, right = side - height - top, side - width - left
+    fill = float(np.float32(np.median(edge)))
+    return cv2.copyMakeBorder(pixels, top, bottom, left, right, cv2.BORDER_CONSTANT, value=fill)
 
 
 def to_model_input(
