@@ -69,7 +69,7 @@ def model_input(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
     return x if scale == 1.0 else x * np.float32(scale)
 
 
-def _read_and_preprocess(path: str, card: ModelCard) -> np.ndarray | str:
+def read_model_input(path: str, card: ModelCard) -> np.ndarray | str:
     """Model input for one file, or the reason it has none (a folder, a pipe or a device is
     refused before it is read: see `read_slice_file`)."""
     try:
@@ -91,7 +91,7 @@ def predict_files(
     with ThreadPoolExecutor(max_workers=workers) as pool:
 
         def decode(chunk: list[str]) -> list[Future]:
-            return [pool.submit(_read_and_preprocess, path, card) for path in chunk]
+            return [pool.submit(read_model_input, path, card) for path in chunk]
 
         pending = decode(chunks[0]) if chunks else []
         for index, chunk in enumerate(chunks):
