@@ -42,7 +42,8 @@ def is_dicom(data: bytes, filename: str | None = None) -> bool:
 
 def read_slice_file(path: str | os.PathLike) -> bytes:
     """The bytes of a file offered as a slice. Only a regular file is read (a FIFO would wait
-    forever, /dev/zero never ends), and never more than MAX_FILE_BYTES + 1 bytes of it."""
+    forever, /dev/zero never ends), and only as many bytes as it holds when opened, plus one:
+    never more than MAX_FILE_BYTES + 1, and never a read buffer of that size for a small file."""
     try:
         _check_regular(os.stat(path).st_mode)
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -54,7 +55,7 @@ def read_slice_file(path: str | os.PathLike) -> bytes:
         status = os.fstat(stream.fileno())
         _check_regular(status.st_mode)  # it may have been swapped since the stat above
         check_file_size(status.st_size)
-        data = stream.read(MAX_FILE_BYTES + 1)
+        data = stream.read(status.st_size + 1)  # a buffer of its size: +1 sees it grow
     check_file_size(len(data))
     return data
 
