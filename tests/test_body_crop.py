@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from ctdemo.explain.lungs import segment_lungs
-from ctdemo.io.body import Box, _label_areas, body_box, crop_to_body
+from ctdemo.io.body import (
+    MAX_REGION_PASSES,
+    Box,
+    _label_areas,
+    body_box,
+    crop_to_body,
+)
 from ctdemo.io.slices import decode_slice, to_model_input
 
 from conftest import real_train_dir
@@ -91,6 +97,23 @@ def test_a_body_in_two_parts_is_boxed_whole_and_a_speck_is_left_out():
     pixels[190:290, 360:440] = 0.3
     pixels[10:18, 570:578] = 0.8  # a speck the opening keeps, under KEEP_SHARE of the largest
     assert body_box(pixels) == Box(120, 330, 60, 480)
+
+
+def test_hundreds_of_kept_regions_are_boxed_in_one_lookup(monkeypatch):
+    """A body and a grid of blobs each over KEEP_SHARE of it (a hostile file): all are kept
+    and boxed together by one lookup through the labels, not by one pass per region."""
+    pixels = np.full((600, 600), 0.3, dtype=np.float32)  # not padding: Otsu sees both levels
+    pixels[30:130, 30:130] = 0.9  # the largest region, over MIN_BODY_SHARE of the slice
+    for top in range(160, 580, 19):
+        for left in range(30, 580, 19):
+            pixels[top : top + 15, left : left + 15] = 0.9  # 225 pixels: over 2% of 10,000
+    passes = []
+    compare = cv2.compare
+    monkeypatch.setattr(cv2, "compare", lambda *args: passes.append(1) or compare(*args))
+    rows, cols = np.nonzero(pixels > 0.5)
+    expected = Box(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+    assert body_box(pixels) == expected
+    assert len(passes) <= MAX_REGION_PASSES
 
 
 @pytest.mark.parametrize("side", [200, 700], ids=["16-bit labels", "32-bit labels"])

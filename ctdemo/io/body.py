@@ -31,6 +31,9 @@ KEEP_SHARE = 0.02
 """A bright region at least this share of the largest one belongs to the body."""
 MIN_BODY_SHARE = 0.02
 """A largest bright region under this share of the slice is no body: nothing is cropped."""
+MAX_REGION_PASSES = 8
+"""Up to this many kept regions are boxed one pass each; more (a noise image's thousands) by
+one lookup through the labels, so a hostile file costs two passes, not one per region."""
 MIN_REMOVED = 0.05
 """A crop removing less than this share of the slice's height and of its width is skipped."""
 
@@ -115,7 +118,13 @@ def _body_box(bright: np.ndarray, min_area: float) -> Box | None:
     if largest < min_area:
         return None
     kept = np.flatnonzero(areas >= KEEP_SHARE * largest) + 1
-    boxes = [cv2.boundingRect(cv2.compare(labels, int(label), cv2.CMP_EQ)) for label in kept]
+    if len(kept) > MAX_REGION_PASSES:  # many alike regions (noise): one lookup, not a pass each
+        is_kept = np.zeros(count, dtype=np.uint8)
+        is_kept[kept] = 1
+        masks = [is_kept[labels]]
+    else:
+        masks = [cv2.compare(labels, int(label), cv2.CMP_EQ) for label in kept]
+    boxes = [cv2.boundingRect(mask) for mask in masks]
     top = min(y for _, y, _, _ in boxes)
     bottom = max(y + h for _, y, _, h in boxes)
     left = min(x for x, _, _, _ in boxes)
