@@ -30,7 +30,7 @@ from timing import interleaved_median_seconds, median_seconds
 
 from ctdemo.config import WEIGHTS_DIR, split_root
 from ctdemo.io.folders import load_arrays, scan_image_folder
-from ctdemo.io.slices import decode_slice
+from ctdemo.io.slices import decode_slice, read_slice_file
 from ctdemo.models.architectures import build_model
 from ctdemo.models.inference import predict_files, probabilities, read_model_input
 from ctdemo.models.saving import load_model
@@ -72,7 +72,7 @@ def bench_predict(files: list[str], repeats: int) -> dict:
 
     def decode_only(workers: int) -> None:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda f: decode_slice(Path(f).read_bytes(), f), files))
+            list(pool.map(lambda f: decode_slice(read_slice_file(f), f), files))
 
     def inputs_only() -> np.ndarray:
         with ThreadPoolExecutor(2) as pool:

@@ -110,7 +110,7 @@ def pad_to_square(pixels: np.ndarray) -> np.ndarray:
     edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     top, left = (side - height) // 2, (side - width) // 2
     bottom, right = side - height - top, side - width - left
-    fill = float(np.float32(np.median(edge)))
+    fill = float(np.median(edge))  # the float32 median, exactly
     return cv2.copyMakeBorder(pixels, top, bottom, left, right, cv2.BORDER_CONSTANT, value=fill)
 
 
